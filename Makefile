@@ -1,0 +1,32 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   creates .venv, installs ccp, trains on the embedded digits data, evaluates, exports
+#   make test   creates .venv if needed, installs ccp with its test extras, runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_DIR ?= demo_output
+
+.PHONY: test demo install clean benchmarks
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile -q tests
+
+demo: $(STAMP)
+	$(PY) experiments/demo.py --output_dir=$(DEMO_DIR)
+
+benchmarks: $(STAMP)
+	$(PY) benchmarks/input_pipeline.py
+	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/eval_scale.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) *.egg-info

@@ -1,0 +1,78 @@
+"""Keras layers shared by the models and the losses.
+
+- ``LipschitzL2Normalization``: ``n(x) = x / max(||x||, 1)`` with the custom gradient of the
+  paper's §4.4 (SPEC §2).
+- ``GlobalPooling``: global average, max, or their sum over the spatial axes (SPEC §1).
+"""
+import keras
+import tensorflow as tf
+
+
+@tf.custom_gradient
+def _lipschitz_l2_normalize_rows(x):
+    norm = tf.norm(x, axis=-1, keepdims=True)
+    scale = tf.maximum(norm, tf.ones_like(norm))
+    u = x / scale
+
+    def grad(dy):
+        # Projection onto the sphere for long vectors, identity inside the ball (SPEC §2):
+        # dx = (dy - <u, dy> u) / ||x||  if ||x|| > 1, else dy.
+        outside = norm > 1.0
+        tangent = (dy - tf.reduce_sum(u * dy, axis=-1, keepdims=True) * u) / scale
+        return tf.where(outside, tangent, dy)
+
+    return u, grad
+
+
+def lipschitz_l2_normalize(x):
+    """Lipschitz L2 normalization of the last axis: ``x / max(||x||, 1)``.
+
+    Args:
+      x: float ``[..., D]``.
+    Returns:
+      float ``[..., D]``: rows longer than 1 projected onto the unit sphere, others unchanged.
+    """
+    return _lipschitz_l2_normalize_rows(tf.convert_to_tensor(x))
+
+
+@keras.saving.register_keras_serializable(package="ccp")
+class LipschitzL2Normalization(keras.layers.Layer):
+    """Layer form of :func:`lipschitz_l2_normalize`: ``[..., D] -> [..., D]``."""
+
+    def call(self, inputs):
+        return lipschitz_l2_normalize(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+POOLING_MODES = ("avg", "max", "avg+max")
+
+
+@keras.saving.register_keras_serializable(package="ccp")
+class GlobalPooling(keras.layers.Layer):
+    """Global pooling over height and width: ``[N, H, W, C] -> [N, C]``.
+
+    Args:
+      mode: "avg", "max", or "avg+max" (the sum of both, as the reference code's option).
+    """
+
+    def __init__(self, mode="avg", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in POOLING_MODES:
+            raise ValueError(f"GlobalPooling mode must be one of {POOLING_MODES}, got {mode!r}")
+        self.mode = mode
+
+    def call(self, inputs):
+        pooled = []
+        if self.mode in ("avg", "avg+max"):
+            pooled.append(tf.reduce_mean(inputs, axis=[1, 2]))
+        if self.mode in ("max", "avg+max"):
+            pooled.append(tf.reduce_max(inputs, axis=[1, 2]))
+        return tf.add_n(pooled)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}

@@ -22,6 +22,7 @@ setup(
         "matplotlib>=3.8,<4",
         "h5py>=3.10,<4",
         "tqdm>=4.66,<5",
+        "tensorboard>=2.21,<2.22",
     ],
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "pytest-timeout>=2.3,<3"],

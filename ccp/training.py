@@ -337,7 +337,11 @@ class Trainer:
         self._step_fns = {}
 
     # --- traced body ------------------------------------------------------------------------
-    def _replica_step(self, images, labels, warmup):
+    def _trained_variables(self, warmup):
+        return [v for v, keep in zip(self.variables, self._warmup_mask) if keep or not warmup]
+
+    def _replica_gradients(self, images, labels, warmup):
+        """Loss terms and the all-reduced, transformed gradients of the global batch."""
         ctx = tf.distribute.get_replica_context()
         num_replicas = tf.cast(ctx.num_replicas_in_sync, tf.float32)
         with tf.GradientTape() as tape:
@@ -349,15 +353,23 @@ class Trainer:
             # Each replica computes the same global loss; dividing by the replica count makes
             # the all-reduced sum of gradients equal the single-device gradient.
             objective = terms["loss"] / num_replicas * self.loss_scale
-        variables = [v for v, keep in zip(self.variables, self._warmup_mask) if keep or not warmup]
+        variables = self._trained_variables(warmup)
         grads = tape.gradient(objective, variables)
         grads = [tf.zeros_like(v) if g is None else tf.cast(g, tf.float32) / self.loss_scale
                  for g, v in zip(grads, variables)]
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        # Before clipping: a NaN gradient with a finite loss (e.g. NaN inputs through a ReLU)
+        # must stop training too.
+        terms = {**terms, "grad_norm": tf.linalg.global_norm(grads)}
         for transform in self.gradient_transforms:
             grads = transform(grads, variables)
-        step = self.state.step
-        learning_rate = self.lr_schedule.at_step(step)
+        return {k: tf.cast(v, tf.float32) for k, v in terms.items()}, grads
+
+    def _replica_step(self, images, labels, warmup):
+        terms, grads = self._replica_gradients(images, labels, warmup)
+        variables = self._trained_variables(warmup)
+        num_replicas = tf.cast(tf.distribute.get_replica_context().num_replicas_in_sync, tf.float32)
+        learning_rate = self.lr_schedule.at_step(self.state.step)
         # Keras optimizers sum gradients over replicas again: hand each replica its share.
         shares = [g / num_replicas for g in grads]
         proxy_ids = {id(v) for v in self.proxy_variables}
@@ -369,7 +381,27 @@ class Trainer:
         if proxy:
             self.proxy_optimizer.learning_rate.assign(learning_rate * self.proxy_lr_multiplier)
             self.proxy_optimizer.apply_gradients(proxy)
-        return {k: tf.cast(v, tf.float32) for k, v in terms.items()}
+        return terms
+
+    def compute_gradients(self, batch, warmup=False):
+        """Loss terms and final gradients (after all transforms) of one global batch, no update.
+
+        Args:
+          batch: ``(images, labels)`` as the training dataset yields it (it is distributed).
+        Returns:
+          ``(terms dict of floats, list of numpy gradients in self.variables order)``.
+        """
+        dataset = tf.data.Dataset.from_tensors(batch)
+        distributed = next(iter(self.strategy.experimental_distribute_dataset(dataset)))
+
+        @tf.function
+        def run(images, labels):
+            return self.strategy.run(self._replica_gradients, args=(images, labels, warmup))
+
+        terms, grads = run(*distributed)
+        first = self.strategy.experimental_local_results
+        return ({k: float(first(v)[0].numpy()) for k, v in terms.items()},
+                [first(g)[0].numpy() for g in grads])
 
     def _step_fn(self, warmup):
         if warmup not in self._step_fns:
@@ -501,7 +533,7 @@ class Trainer:
                 terms = {k: float(v.numpy()) for k, v in step_fn(next(iterator)).items()}
                 if not all(math.isfinite(v) for v in terms.values()):
                     raise FloatingPointError(
-                        f"non-finite loss at epoch {epoch}, step {int(self.state.step.numpy())}: "
+                        f"non-finite loss or gradient at epoch {epoch}, step {int(self.state.step.numpy())}: "
                         f"{terms}. Training stopped; the last good checkpoint "
                         f"({self.manager.latest_checkpoint if self.manager else 'none'}) is kept. "
                         "Lower the learning rate or check the inputs."

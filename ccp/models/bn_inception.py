@@ -160,3 +160,36 @@ def load_weights(model, path):
         if names:
             layer.set_weights([stored[f"{layer.name}/{key}"] for key in names])
     return model
+
+
+_TORCH_BN_KEYS = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
+                  "running_var": "moving_variance"}
+
+
+def from_torch_state_dict(state_dict):
+    """Maps the PyTorch checkpoint's arrays to this module's ``.npz`` layout.
+
+    Args:
+      state_dict: ``{"conv1_7x7_s2.weight": array OIHW, "conv1_7x7_s2_bn.running_mean": ...}``
+        as numpy arrays (the classifier ``last_linear.*`` and ``num_batches_tracked`` entries
+        are dropped).
+    Returns:
+      ``{"conv1_7x7_s2/kernel": array HWIO, "conv1_7x7_s2_bn/moving_mean": ..., ...}``.
+    """
+    arrays = {}
+    for key, value in state_dict.items():
+        layer, _, field = key.rpartition(".")
+        if layer.startswith("last_linear") or field == "num_batches_tracked":
+            continue
+        value = np.asarray(value, np.float32)
+        if layer.endswith("_bn"):
+            if field not in _TORCH_BN_KEYS:
+                raise ValueError(f"unexpected BatchNorm entry {key!r} in the checkpoint")
+            arrays[f"{layer}/{_TORCH_BN_KEYS[field]}"] = value
+        elif field == "weight":
+            arrays[f"{layer}/kernel"] = np.transpose(value, (2, 3, 1, 0))  # OIHW -> HWIO
+        elif field == "bias":
+            arrays[f"{layer}/bias"] = value
+        else:
+            raise ValueError(f"unexpected entry {key!r} in the checkpoint")
+    return arrays

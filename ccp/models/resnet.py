@@ -4,7 +4,7 @@ import os
 import keras
 
 
-def resnet50(input_shape=(227, 227, 3), weights=None, name="resnet50"):
+def resnet50(input_shape=(227, 227, 3), weights=None):
     """ResNet-50 without its classifier: ``[N, H, W, 3] -> [N, H/32, W/32, 2048]``.
 
     Args:
@@ -34,4 +34,4 @@ def resnet50(input_shape=(227, 227, 3), weights=None, name="resnet50"):
         raise
     if weights not in (None, "imagenet"):
         model.load_weights(weights)
-    return keras.Model(model.inputs, model.outputs, name=name)
+    return model

@@ -171,3 +171,49 @@ def proxy_pool_fn(config, records, seed):
         return np.transpose(pool_round_major, [1, 0, 2])
 
     return pool
+
+
+def build_projection(config):
+    """The CCP schedule (SPEC §5) for --ccp runs, else None."""
+    if not config.ccp:
+        return None
+    return ccp.projection.AlternatingProjection(
+        lambda_0=config.ccp_lambda,
+        decay=config.ccp_decay,
+        patience=config.ccp_patience,
+        min_iterations=config.ccp_min_iterations,
+        min_delta=config.min_delta,
+        random_init=config.ccp_random_init,
+        monitor_lag=config.ccp_monitor_lag,
+    )
+
+
+def trainer_arguments(config, model, loss, strategy, fold_dir, seed):
+    """Keyword arguments of ccp.training.Trainer for one fold (call inside strategy.scope())."""
+    del seed  # the data streams carry the seed; the trainer itself draws no random numbers
+    return dict(
+        model=model,
+        loss=loss,
+        strategy=strategy,
+        learning_rate=config.learning_rate,
+        adam_beta_1=config.adam_beta_1,
+        adam_beta_2=config.adam_beta_2,
+        lr_schedule=config.lr_schedule,
+        lr_decay_rate=config.lr_decay_rate,
+        lr_decay_steps=config.lr_decay_steps,
+        lr_plateau_patience=config.lr_plateau_patience,
+        proxy_lr_multiplier=config.proxy_lr_multiplier,
+        weight_decay=config.weight_decay,
+        clip_norm=config.clip_norm,
+        clip_value=config.clip_value,
+        projection=build_projection(config),
+        steps_per_epoch=config.steps_per_epoch,
+        max_epochs=config.max_epochs,
+        patience=config.patience,
+        min_delta=config.min_delta,
+        warmup_epochs=config.warmup_epochs,
+        checkpoint_dir=f"{fold_dir}/checkpoints",
+        log_dir=f"{fold_dir}/logs",
+        recall_at=config.recall_at,
+        progress_bar=config.progress_bar,
+    )

@@ -37,7 +37,7 @@ class ExperimentConfig:
     image_size: int = _field(0, "Input side in pixels; 0 = 227 (ImageNet backbones) or 32 (small_cnn).")
     min_crop_area: float = _field(0.16, "Smallest area fraction of the training random crop.")
     flip: bool = _field(True, "Random horizontal flips during training.")
-    cache_images: bool = _field(False, "Cache decoded images in memory (tf.data cache).")
+    cache_images: bool = _field(False, "Cache the encoded image files in memory (tf.data).")
     # Model (SPEC §1).
     backbone: str = _field("small_cnn", "Backbone network.", BACKBONES)
     weights: str = _field("none", "'none' (from scratch), 'imagenet', or a path to a weight file.")

@@ -1,0 +1,85 @@
+"""Cars196 (Stanford Cars, Krause et al. 2013) loader: 196 car models, class-disjoint halves.
+
+Layout (the "cars_annos.mat + car_ims" release)::
+
+  <root>/cars_annos.mat   MATLAB struct array `annotations` with fields relative_im_path
+                          ("car_ims/000001.jpg"), bbox_x1, bbox_y1, bbox_x2, bbox_y2,
+                          class (1..196) and test (0/1)
+  <root>/car_ims/000001.jpg ...
+
+The DML split is by CLASS, not by the `test` flag: train = the first half of the sorted class
+ids (1-98, 8,054 images), test = the rest (99-196, 8,131 images). Labels are the original ids.
+"""
+import os
+
+import numpy as np
+import scipy.io
+
+from data_pipelines import _layout
+from data_pipelines.records import DatasetSplits, Records
+
+NAME = "Cars196"
+SUBFOLDERS = ("cars196", "CARS196", "Cars196", "cars", "stanford_cars")
+LAYOUT = (
+    "a folder (given directly or as the parent of cars196/CARS196/stanford_cars) holding "
+    "cars_annos.mat (struct array 'annotations' with fields relative_im_path, class, test, "
+    "bbox_*) and the images car_ims/000001.jpg ..."
+)
+EXPECTED = {"train classes": 98, "train images": 8054, "test classes": 98, "test images": 8131}
+REQUIRED_FIELDS = ("relative_im_path", "class")
+
+
+def read_annotations(mat_path):
+    """(relative paths: list of str [N], class ids: int64 [N]) from a cars_annos.mat file."""
+    try:
+        mat = scipy.io.loadmat(mat_path, squeeze_me=True)
+    except Exception as error:  # scipy raises several types for a damaged file
+        raise ValueError(f"{NAME}: cannot read {mat_path} as a MATLAB file: {error}") from error
+    if "annotations" not in mat:
+        raise ValueError(
+            f"{NAME}: {mat_path} has no 'annotations' variable "
+            f"(found: {sorted(k for k in mat if not k.startswith('__'))}); expected {LAYOUT}"
+        )
+    annotations = np.atleast_1d(mat["annotations"])
+    fields = annotations.dtype.names or ()
+    absent = [f for f in REQUIRED_FIELDS if f not in fields]
+    if absent:
+        raise ValueError(
+            f"{NAME}: {mat_path} 'annotations' lacks field(s) {absent} (has {list(fields)})"
+        )
+    rel_paths = [str(np.squeeze(p)) for p in annotations["relative_im_path"]]
+    labels = np.array([int(np.squeeze(c)) for c in annotations["class"]], dtype=np.int64)
+    return rel_paths, labels
+
+
+def load(data_dir=None, check_files=True):
+    """Reads Cars196 from `data_dir` (the folder holding cars_annos.mat, or its parent).
+
+    Args:
+      data_dir: folder path (str).
+      check_files: stat every listed image and fail on missing ones.
+    Returns:
+      DatasetSplits(name="cars196", train, test) with file records and original class ids.
+    Raises:
+      FileNotFoundError: cars_annos.mat or a listed image is missing.
+      ValueError: the .mat file does not hold the expected struct array.
+    """
+    root = _layout.resolve_root(data_dir, "cars_annos.mat", SUBFOLDERS, NAME, LAYOUT)
+    mat_path = _layout.require_file(root, "cars_annos.mat", NAME, LAYOUT)
+    rel_paths, labels = read_annotations(mat_path)
+    paths = [os.path.join(root, rel) for rel in rel_paths]
+    if check_files:
+        _layout.check_images_exist(paths, NAME)
+
+    train_classes = _layout.first_half_classes(np.unique(labels).tolist())
+    train_labels, train_paths, test_labels, test_paths = _layout.split_by_classes(
+        labels, paths, train_classes
+    )
+    train = Records(train_labels, paths=train_paths)
+    test = Records(test_labels, paths=test_paths)
+    _layout.check_counts(
+        NAME, root, EXPECTED,
+        {"train classes": train.num_classes, "train images": len(train),
+         "test classes": test.num_classes, "test images": len(test)},
+    )
+    return DatasetSplits(name="cars196", train=train, test=test)

@@ -1,0 +1,218 @@
+"""tf.data pipelines over Records: m-per-class training batches, evaluation, CCP proxy pool.
+
+Images come from files (JPEG/PNG/GIF/BMP, grayscale to 3 channels; see augment.decode) or from
+in-memory uint8 arrays. Training augmentation draws its randomness from the stateless seed
+(seed, step * batch_size + position in batch), so a pipeline started at `start_step` reproduces
+exactly the batches of an uninterrupted one.
+
+Corrupt files are found up front by a cheap signature / end-marker check (images.py, ~64 KiB read
+per file, threaded, cached per Records object) that names them; the same check runs in the graph
+just before decoding (an Assert carrying the path), for files damaged after the pipeline was built.
+"""
+import weakref
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from data_pipelines import augment
+from data_pipelines import images as images_lib
+from data_pipelines import samplers
+
+_CHECKED = weakref.WeakKeyDictionary()  # Records -> [(path, reason)] of its corrupt files
+
+
+class CorruptImageError(ValueError):
+    """Image files that are not complete JPEG/PNG/GIF/BMP images (the message names them)."""
+
+
+def validate_images(records, skip_corrupt=False):
+    """Checks every image file of `records` (signature and end marker; no decoding).
+
+    Args:
+      records: Records; in-memory records are returned unchanged.
+      skip_corrupt: False raises on any bad file; True drops bad files and logs their count.
+    Returns:
+      Records without the bad files (`records` itself when all are fine).
+    Raises:
+      CorruptImageError naming the first bad files and their count (also when skipping would
+      leave a class without images, which would change the class indices).
+    """
+    if records.paths is None:
+        return records
+    if records not in _CHECKED:
+        _CHECKED[records] = images_lib.find_corrupt_images(records)
+    bad = _CHECKED[records]
+    if not bad:
+        return records
+    if not skip_corrupt:
+        raise CorruptImageError(images_lib.describe(bad) + "\n(pass skip_corrupt=True to skip "
+                                                           "them)")
+    bad_paths = {path for path, _ in bad}
+    keep = np.array([i for i, p in enumerate(records.paths) if p not in bad_paths],
+                    dtype=np.int64)
+    lost = np.setdiff1d(records.classes, records.labels[keep])
+    if lost.size:
+        raise CorruptImageError(f"skipping the corrupt files would leave classes "
+                                f"{lost[:10].tolist()} without images; "
+                                + images_lib.describe(bad))
+    logging.warning("skipping %s (of %d)", images_lib.describe(bad), len(records))
+    return records.take(keep)
+
+
+def _read_all(paths):
+    """string [N] tensor of the files' bytes (the in-memory cache of encoded images)."""
+    contents = []
+    for path in paths:
+        with open(path, "rb") as handle:
+            contents.append(handle.read())
+    return tf.constant(contents)
+
+
+def _encoded_loader(records, cache):
+    """index int64 scalar -> (checked file bytes string scalar) for file-backed records."""
+    paths = tf.constant(records.paths)
+    contents = _read_all(records.paths) if cache else None
+
+    def load(index):
+        path = tf.gather(paths, index)
+        data = tf.gather(contents, index) if cache else tf.io.read_file(path)
+        with tf.control_dependencies(images_lib.check_encoded(data, path)):
+            return tf.identity(data)
+
+    return load
+
+
+def _decoded_loader(records, cache=False):
+    """index int64 scalar -> uint8 [H, W, 3] image."""
+    if records.images is not None:
+        array = tf.constant(records.images)
+        return lambda index: tf.gather(array, index)
+    load = _encoded_loader(records, cache)
+    return lambda index: augment.decode(load(index))
+
+
+def _positive(name, value):
+    if int(value) < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def train_dataset(records, classes_per_batch=8, samples_per_class=4, seed=0, start_step=0,
+                  image_size=227, min_area=0.16, flip=True, input_convention="none", cache=False,
+                  skip_corrupt=False):
+    """Infinite m-per-class training stream (SPEC §6), deterministic in (seed, step).
+
+    Args:
+      records: the training Records (paths or in-memory images).
+      classes_per_batch, samples_per_class: P and m; batch size B = P * m.
+      seed: int seed of the sampler and of the augmentation.
+      start_step: first step produced; batch s equals batch s of a stream started at 0.
+      image_size: S, output side; min_area: smallest crop area fraction; flip: random h-flip.
+      input_convention: augment.apply_input_convention name ("none" keeps RGB 0..255).
+      cache: keep the encoded image files in memory (read once, here).
+      skip_corrupt: drop corrupt files (logged) instead of raising CorruptImageError.
+    Returns:
+      tf.data.Dataset of (images float32 [B, S, S, 3], labels int32 [B]); labels are the
+      contiguous class indices `records.class_indices()` of the (checked) records.
+    """
+    image_size = _positive("image_size", image_size)
+    if not 0.0 < float(min_area) <= 1.0:
+        raise ValueError(f"min_area must be in (0, 1], got {min_area}")
+    augment.input_convention_fn(input_convention)  # unknown names fail here, not in the graph
+    records = validate_images(records, skip_corrupt)
+    sampler = samplers.MPerClassSampler(records.labels, classes_per_batch, samples_per_class,
+                                        seed)
+    batch_size = sampler.batch_size
+    class_indices = tf.constant(records.class_indices())
+    start_step = int(start_step)
+    min_area, flip = float(min_area), bool(flip)
+    if records.images is not None:
+        array = tf.constant(records.images)
+
+        def transform(index, image_seed):
+            return augment.train_transform(tf.gather(array, index), image_seed, image_size,
+                                           min_area, flip)
+    else:
+        load = _encoded_loader(records, cache)
+
+        def transform(index, image_seed):
+            return augment.train_transform_encoded(load(index), image_seed, image_size,
+                                                   min_area, flip)
+
+    def steps():
+        for step, indices in enumerate(sampler.batches(start_step), start_step):
+            yield np.int64(step), indices
+
+    dataset = tf.data.Dataset.from_generator(steps, output_signature=(
+        tf.TensorSpec([], tf.int64), tf.TensorSpec([batch_size], tf.int64)))
+    dataset = dataset.map(lambda step, indices: (
+        tf.fill([batch_size], step), tf.range(batch_size, dtype=tf.int64), indices)).unbatch()
+    seed_value = tf.constant(int(seed), tf.int64)
+
+    def example(step, position, index):
+        image_seed = tf.stack([seed_value, step * batch_size + position])
+        return transform(index, image_seed), tf.gather(class_indices, index)
+
+    dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    dataset = dataset.map(lambda images, labels: (
+        augment.apply_input_convention(images, input_convention), labels))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _ordered_dataset(records, indices, labels, batch_size, image_size, resize_size,
+                     input_convention, cache):
+    load = _decoded_loader(records)
+    dataset = tf.data.Dataset.from_tensor_slices((indices, labels))
+    dataset = dataset.map(
+        lambda index, label: (augment.eval_transform(load(index), image_size, resize_size), label),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        dataset = dataset.cache()
+    dataset = dataset.batch(batch_size)
+    dataset = dataset.map(lambda images, labels: (
+        augment.apply_input_convention(images, input_convention), labels))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(records, batch_size=128, image_size=227, resize_size=None,
+                 input_convention="none", cache=False, skip_corrupt=False):
+    """Every record once, in order, with the evaluation transform (SPEC §6).
+
+    Args:
+      resize_size: shorter side before the center crop (default round(S * 256 / 227)).
+      cache: keep the transformed images in memory after the first pass.
+    Returns:
+      tf.data.Dataset of (images float32 [<=batch_size, S, S, 3], labels int64 [<=batch_size])
+      with the ORIGINAL labels; only the last batch may be smaller.
+    """
+    batch_size = _positive("batch_size", batch_size)
+    image_size = _positive("image_size", image_size)
+    augment.input_convention_fn(input_convention)
+    records = validate_images(records, skip_corrupt)
+    indices = np.arange(len(records), dtype=np.int64)
+    return _ordered_dataset(records, indices, records.labels, batch_size, image_size,
+                            resize_size, input_convention, cache)
+
+
+def one_per_class_dataset(records, rounds, batch_size=256, seed=0, image_size=227,
+                          resize_size=None, input_convention="none", skip_corrupt=False):
+    """The CCP proxy pool (SPEC §5): `rounds` rounds of one fresh image per class.
+
+    Concatenated over the data set, element r * C + c is an image of class index c drawn in
+    round r (round-major, class-index order; see samplers.one_per_class_indices), with the
+    evaluation transform.
+
+    Returns:
+      tf.data.Dataset of (images float32 [<=batch_size, S, S, 3], labels int32 [<=batch_size])
+      with contiguous class indices; rounds * C images in all.
+    """
+    batch_size = _positive("batch_size", batch_size)
+    image_size = _positive("image_size", image_size)
+    augment.input_convention_fn(input_convention)
+    records = validate_images(records, skip_corrupt)
+    table = samplers.one_per_class_indices(records.labels, rounds, seed)  # [rounds, C]
+    labels = np.tile(np.arange(table.shape[1], dtype=np.int32), table.shape[0])
+    return _ordered_dataset(records, table.reshape(-1).astype(np.int64), labels, batch_size,
+                            image_size, resize_size, input_convention, cache=False)

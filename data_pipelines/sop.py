@@ -1,0 +1,76 @@
+"""Stanford Online Products (Oh Song et al. 2016) loader: 22,634 products, given split files.
+
+Layout::
+
+  Stanford_Online_Products/Ebay_train.txt   header "image_id class_id super_class_id path",
+  Stanford_Online_Products/Ebay_test.txt    then one image per line
+  Stanford_Online_Products/<super_class>_final/<image>.JPG
+
+Train: 11,318 classes / 59,551 images; test: 11,316 classes / 60,502 images. Labels are the
+original class ids.
+"""
+import os
+
+import numpy as np
+
+from data_pipelines import _layout
+from data_pipelines.records import DatasetSplits, Records
+
+NAME = "Stanford Online Products"
+SUBFOLDERS = ("Stanford_Online_Products",)
+LAYOUT = (
+    "a folder Stanford_Online_Products (given directly or as its parent) holding Ebay_train.txt "
+    "and Ebay_test.txt (header 'image_id class_id super_class_id path', then one image per "
+    "line) and the image folders they list"
+)
+EXPECTED = {"train classes": 11318, "train images": 59551, "test classes": 11316,
+            "test images": 60502}
+
+
+def read_split(root, filename):
+    """(absolute paths: list of str [N], class ids: int64 [N]) of one Ebay_*.txt file."""
+    path = _layout.require_file(root, filename, NAME, LAYOUT)
+    with open(path, encoding="utf-8") as handle:
+        header = handle.readline().split()
+    if header[:2] != ["image_id", "class_id"]:
+        raise ValueError(
+            f"{NAME}: {path} line 1 should be the header 'image_id class_id super_class_id path', "
+            f"got {' '.join(header)!r}"
+        )
+    rows = _layout.read_rows(path, 4, skip_lines=1, dataset=NAME)
+    labels = np.array([_layout.parse_int(r[1], path, "class_id") for r in rows], dtype=np.int64)
+    paths = [os.path.join(root, r[3]) for r in rows]
+    return paths, labels
+
+
+def load(data_dir=None, check_files=True):
+    """Reads SOP from `data_dir` (the Stanford_Online_Products folder or its parent).
+
+    Args:
+      data_dir: folder path (str).
+      check_files: stat every listed image and fail on missing ones.
+    Returns:
+      DatasetSplits(name="sop", train, test) with file records and original class ids.
+    Raises:
+      FileNotFoundError: a split file or listed image is missing.
+      ValueError: a split file is malformed, or train and test share classes.
+    """
+    root = _layout.resolve_root(data_dir, "Ebay_train.txt", SUBFOLDERS, NAME, LAYOUT)
+    train_paths, train_labels = read_split(root, "Ebay_train.txt")
+    test_paths, test_labels = read_split(root, "Ebay_test.txt")
+    if check_files:
+        _layout.check_images_exist(train_paths + test_paths, NAME)
+    shared = np.intersect1d(train_labels, test_labels)
+    if shared.size:
+        raise ValueError(
+            f"{NAME}: Ebay_train.txt and Ebay_test.txt share {shared.size} class ids "
+            f"(e.g. {shared[:5].tolist()}); the splits must be class-disjoint"
+        )
+    train = Records(train_labels, paths=tuple(train_paths))
+    test = Records(test_labels, paths=tuple(test_paths))
+    _layout.check_counts(
+        NAME, root, EXPECTED,
+        {"train classes": train.num_classes, "train images": len(train),
+         "test classes": test.num_classes, "test images": len(test)},
+    )
+    return DatasetSplits(name="sop", train=train, test=test)

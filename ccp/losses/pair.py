@@ -1,0 +1,197 @@
+"""Pair-based losses (SPEC §4): C2, C1, triplet, multi-similarity, margin.
+
+Each has a pure function holding the math (matrices in, scalar out) and a thin layer that
+builds distances/similarities and masks. In every matrix rows are anchors (queries) and
+columns references.
+"""
+import keras
+import tensorflow as tf
+
+from ccp import ops
+from ccp.losses.base import PairLoss, mean_of_positive_terms
+
+
+def contrastive(dists, pos_mask, neg_mask, pos_margin, neg_margin):
+    """C2 (SPEC §4): mean of non-zero ``relu(d - m+)`` + mean of non-zero ``relu(m- - d)``.
+
+    Args:
+      dists: float ``[N, M]`` L2 distances; pos_mask, neg_mask: bool ``[N, M]``.
+    """
+    pos = mean_of_positive_terms(dists - pos_margin, pos_mask)
+    neg = mean_of_positive_terms(neg_margin - dists, neg_mask)
+    return pos + neg
+
+
+def cosine_contrastive(sims, pos_mask, neg_mask, margin, eps=1e-5):
+    """C1 (XBM's form, SPEC §4): ``sum relu(1 - eps - s)`` over positives + ``sum relu(s - m)``
+    over negatives, divided by the number of anchor rows.
+
+    Args:
+      sims: float ``[N, M]`` similarities of normalized vectors.
+    """
+    pos_terms = (1.0 - eps - sims) * tf.cast(pos_mask, sims.dtype)
+    neg_terms = (sims - margin) * tf.cast(neg_mask, sims.dtype)
+    total = tf.reduce_sum(tf.nn.relu(pos_terms)) + tf.reduce_sum(tf.nn.relu(neg_terms))
+    return total / tf.cast(tf.shape(sims)[0], sims.dtype)
+
+
+def triplet(dists, pos_mask, neg_mask, margin):
+    """All valid triplets ``(a, p, n)``: mean of non-zero ``relu(d(a,p) - d(a,n) + m)``.
+
+    Args:
+      dists: float ``[N, M]``; pos_mask, neg_mask: bool ``[N, M]``.
+    """
+    terms = dists[:, :, None] - dists[:, None, :] + margin  # [anchor, positive, negative]
+    valid = tf.logical_and(pos_mask[:, :, None], neg_mask[:, None, :])
+    return mean_of_positive_terms(terms, valid)
+
+
+def multi_similarity(sims, pos_mask, neg_mask, alpha, beta, base, mining=False, epsilon=0.1):
+    """Multi-similarity (SPEC §4), averaged over anchor rows.
+
+    Per anchor: ``1/alpha log(1 + sum_pos exp(-alpha (s - base)))
+    + 1/beta log(1 + sum_neg exp(beta (s - base)))``. With ``mining`` the MS paper's pair
+    mining keeps negatives with ``s > min_pos_s - epsilon`` and positives with
+    ``s < max_neg_s + epsilon``.
+    """
+    if mining:
+        big = tf.constant(1e9, sims.dtype)
+        min_pos = tf.reduce_min(tf.where(pos_mask, sims, big), axis=1, keepdims=True)
+        max_neg = tf.reduce_max(tf.where(neg_mask, sims, -big), axis=1, keepdims=True)
+        neg_mask = tf.logical_and(neg_mask, sims + epsilon > min_pos)
+        pos_mask = tf.logical_and(pos_mask, sims - epsilon < max_neg)
+    pos_mask, neg_mask = tf.stop_gradient(pos_mask), tf.stop_gradient(neg_mask)
+    # log(1 + sum exp(z)) over a masked row = logsumexp over [0, z_masked...]: stable.
+    def soft_plus_sum(z, mask):
+        z = tf.where(mask, z, tf.constant(-1e30, z.dtype))
+        zero = tf.zeros_like(z[:, :1])
+        return tf.reduce_logsumexp(tf.concat([zero, z], axis=1), axis=1)
+    pos = soft_plus_sum(-alpha * (sims - base), pos_mask) / alpha
+    neg = soft_plus_sum(beta * (sims - base), neg_mask) / beta
+    return tf.reduce_mean(pos + neg)
+
+
+def margin_loss(dists, pos_mask, neg_mask, margin, beta):
+    """Margin loss (Wu et al., "Sampling matters"): ``relu(margin + y (d - beta))``.
+
+    Args:
+      beta: float ``[N, M]`` (the anchor's class boundary broadcast) or a scalar.
+    Returns:
+      ``(loss, active_pair_count)``: the sum of the terms over the number of non-zero ones.
+    """
+    pos_terms = tf.nn.relu(dists - beta + margin) * tf.cast(pos_mask, dists.dtype)
+    neg_terms = tf.nn.relu(beta - dists + margin) * tf.cast(neg_mask, dists.dtype)
+    count = tf.stop_gradient(tf.reduce_sum(tf.cast(pos_terms > 0, dists.dtype))
+                             + tf.reduce_sum(tf.cast(neg_terms > 0, dists.dtype)))
+    return (tf.reduce_sum(pos_terms) + tf.reduce_sum(neg_terms)) / (count + 1e-16), count
+
+
+@keras.saving.register_keras_serializable(package="ccp")
+class ContrastiveLoss(PairLoss):
+    """C2: contrastive loss with two margins (SPEC §4)."""
+
+    def __init__(self, pos_margin=0.0, neg_margin=0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.pos_margin, self.neg_margin = float(pos_margin), float(neg_margin)
+
+    def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
+        dists = ops.pairwise_distances(embeddings, ref_embeddings)
+        pos, neg = ops.pair_masks(labels, ref_labels)
+        return contrastive(dists, pos, neg, self.pos_margin, self.neg_margin)
+
+    def get_config(self):
+        return {**super().get_config(), "pos_margin": self.pos_margin, "neg_margin": self.neg_margin}
+
+
+@keras.saving.register_keras_serializable(package="ccp")
+class CosineContrastiveLoss(PairLoss):
+    """C1: cosine contrastive loss of XBM (SPEC §4)."""
+
+    def __init__(self, margin=0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.margin = float(margin)
+
+    def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
+        sims = ops.pairwise_similarities(embeddings, ref_embeddings)
+        pos, neg = ops.pair_masks(labels, ref_labels)
+        return cosine_contrastive(sims, pos, neg, self.margin)
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin}
+
+
+@keras.saving.register_keras_serializable(package="ccp")
+class TripletLoss(PairLoss):
+    """Triplet loss over all valid triplets, mean over non-zero terms (SPEC §4)."""
+
+    def __init__(self, margin=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.margin = float(margin)
+
+    def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
+        dists = ops.pairwise_distances(embeddings, ref_embeddings)
+        pos, neg = ops.pair_masks(labels, ref_labels)
+        return triplet(dists, pos, neg, self.margin)
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin}
+
+
+@keras.saving.register_keras_serializable(package="ccp")
+class MultiSimilarityLoss(PairLoss):
+    """Multi-similarity loss; no pair mining by default, as the reference (SPEC §4)."""
+
+    def __init__(self, alpha=2.0, beta=40.0, base=0.5, mining=False, mining_epsilon=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha, self.beta, self.base = float(alpha), float(beta), float(base)
+        self.mining, self.mining_epsilon = bool(mining), float(mining_epsilon)
+
+    def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
+        sims = ops.pairwise_similarities(embeddings, ref_embeddings)
+        pos, neg = ops.pair_masks(labels, ref_labels)
+        return multi_similarity(sims, pos, neg, self.alpha, self.beta, self.base,
+                                self.mining, self.mining_epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha, "beta": self.beta, "base": self.base,
+                "mining": self.mining, "mining_epsilon": self.mining_epsilon}
+
+
+@keras.saving.register_keras_serializable(package="ccp")
+class MarginLoss(PairLoss):
+    """Margin loss with a learnable boundary ``beta`` (Wu et al. 2017), all pairs.
+
+    Args:
+      margin: alpha, the half-width of the margin.
+      beta_init: initial boundary beta.
+      num_classes: one beta per class (indexed by the anchor's label) when given, else one.
+      nu: weight of the ``nu * beta`` regularizer of the paper, added per active pair.
+    """
+
+    def __init__(self, margin=0.2, beta_init=1.2, num_classes=None, nu=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.margin, self.beta_init, self.nu = float(margin), float(beta_init), float(nu)
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.build()
+
+    def build(self, input_shape=None):
+        shape = () if self.num_classes is None else (self.num_classes,)
+        self.beta = self.add_weight(shape=shape, name="beta",
+                                    initializer=keras.initializers.Constant(self.beta_init))
+
+    def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
+        dists = ops.pairwise_distances(embeddings, ref_embeddings)
+        pos, neg = ops.pair_masks(labels, ref_labels)
+        if self.num_classes is None:
+            beta = tf.convert_to_tensor(self.beta)
+            beta_sum = beta
+        else:
+            beta_rows = tf.gather(self.beta, tf.maximum(ops.flatten_labels(labels), 0))
+            beta = beta_rows[:, None]
+            beta_sum = tf.reduce_mean(beta_rows)
+        loss, count = margin_loss(dists, pos, neg, self.margin, beta)
+        return loss + self.nu * beta_sum * tf.cast(count > 0, loss.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin, "beta_init": self.beta_init,
+                "num_classes": self.num_classes, "nu": self.nu}

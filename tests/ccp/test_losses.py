@@ -1,0 +1,384 @@
+"""Every loss vs an independent float64 numpy reference written with explicit loops (SPEC §4).
+
+Gradients are checked against central finite differences of the numpy reference.
+"""
+import itertools
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import ccp
+from ccp import losses
+
+
+# ----------------------------------------------------------------------------- references
+def lip(x):
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1.0)
+
+
+def pairs(labels, ref_labels):
+    """(i, j, positive?) for every valid pair; ref None = same set without self-pairs."""
+    same = ref_labels is None
+    ref = labels if same else ref_labels
+    for i, j in itertools.product(range(len(labels)), range(len(ref))):
+        if (same and i == j) or labels[i] < 0 or ref[j] < 0:
+            continue
+        yield i, j, labels[i] == ref[j]
+
+
+def dist(a, b):
+    return float(np.sqrt(np.sum((a - b) ** 2)))
+
+
+def ref_c2(x, y, r=None, ry=None, pos_margin=0.0, neg_margin=0.5):
+    r_ = x if r is None else r
+    pos, neg = [], []
+    for i, j, same in pairs(y, ry):
+        d = dist(x[i], r_[j])
+        (pos if same else neg).append(d - pos_margin if same else neg_margin - d)
+    pos = [t for t in pos if t > 0]
+    neg = [t for t in neg if t > 0]
+    return sum(pos) / (len(pos) + 1e-16) + sum(neg) / (len(neg) + 1e-16)
+
+
+def ref_c1(x, y, r=None, ry=None, margin=0.5):
+    r_ = x if r is None else r
+    total = 0.0
+    for i, j, same in pairs(y, ry):
+        s = float(np.dot(x[i], r_[j]))
+        total += max(1 - 1e-5 - s, 0.0) if same else max(s - margin, 0.0)
+    return total / len(x)
+
+
+def ref_triplet(x, y, r=None, ry=None, margin=0.1):
+    r_ = x if r is None else r
+    ref = y if ry is None else ry
+    terms = []
+    for a in range(len(x)):
+        for p in range(len(r_)):
+            for n in range(len(r_)):
+                if ry is None and p == a:
+                    continue
+                if ref[p] != y[a] or ref[n] == y[a] or ref[p] < 0 or ref[n] < 0:
+                    continue
+                t = dist(x[a], r_[p]) - dist(x[a], r_[n]) + margin
+                if t > 0:
+                    terms.append(t)
+    return sum(terms) / (len(terms) + 1e-16)
+
+
+def ref_ms(x, y, r=None, ry=None, alpha=2.0, beta=40.0, base=0.5):
+    r_ = x if r is None else r
+    total = 0.0
+    for i in range(len(x)):
+        pos = sum(np.exp(-alpha * (np.dot(x[i], r_[j]) - base)) for a, j, s in pairs(y, ry) if a == i and s)
+        neg = sum(np.exp(beta * (np.dot(x[i], r_[j]) - base)) for a, j, s in pairs(y, ry) if a == i and not s)
+        total += np.log(1 + pos) / alpha + np.log(1 + neg) / beta
+    return total / len(x)
+
+
+def ref_margin(x, y, margin=0.2, beta=1.2):
+    terms = []
+    for i, j, same in pairs(y, None):
+        d = dist(x[i], x[j])
+        t = max(margin + (d - beta if same else beta - d), 0.0)
+        if t > 0:
+            terms.append(t)
+    return sum(terms) / (len(terms) + 1e-16)
+
+
+def ref_proxy_anchor(x, y, proxies, proxy_labels, margin=0.1, alpha=32.0):
+    pos_total, neg_total, n_pos, n_neg = 0.0, 0.0, 0, 0
+    for p, label in enumerate(proxy_labels):
+        sims = [float(np.dot(proxies[p], x[i])) for i in range(len(x))]
+        pos = [s for s, l in zip(sims, y) if l == label]
+        neg = [s for s, l in zip(sims, y) if l != label]
+        if pos:
+            pos_total += np.log(1 + sum(np.exp(-alpha * (s - margin)) for s in pos))
+            n_pos += 1
+        if neg:
+            neg_total += np.log(1 + sum(np.exp(alpha * (s + margin)) for s in neg))
+            n_neg += 1
+    return pos_total / max(n_pos, 1) + neg_total / max(n_neg, 1)
+
+
+def ref_proxy_nca(x, y, proxies, proxy_labels, temperature=0.1):
+    total = 0.0
+    for i in range(len(x)):
+        logits = np.array([np.dot(x[i], p) / temperature for p in proxies])
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        total += -np.log(1e-16 + sum(pr for pr, l in zip(probs, proxy_labels) if l == y[i]))
+    return total / len(x)
+
+
+def ref_soft_triple(x, y, centers, num_classes, k, lamda, gamma, tau, margin):
+    total = 0.0
+    for i in range(len(x)):
+        logits = []
+        for c in range(num_classes):
+            s = np.array([np.dot(x[i], centers[c * k + t]) for t in range(k)])
+            w = np.exp(s / gamma - np.max(s / gamma))
+            w /= w.sum()
+            logits.append(lamda * (np.dot(w, s) - (margin if c == y[i] else 0.0)))
+        logits = np.array(logits)
+        total += -(logits[y[i]] - logits.max() - np.log(np.sum(np.exp(logits - logits.max()))))
+    reg = 0.0
+    for c in range(num_classes):
+        for t in range(k):
+            for u in range(t + 1, k):
+                reg += np.sqrt(max(2 + 1e-10 - 2 * np.dot(centers[c * k + t], centers[c * k + u]), 0))
+    reg /= num_classes * k * (k - 1)
+    return total / len(x) + tau * reg
+
+
+# ----------------------------------------------------------------------------- helpers
+def batch(num_classes, per_class, dim, seed, scale=1.5):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num_classes * per_class, dim)) * scale / np.sqrt(dim)
+    x[::3] *= 0.3  # some rows inside the unit ball: the Lipschitz normalization matters
+    return x.astype(np.float32), np.repeat(np.arange(num_classes), per_class)
+
+
+def tf_value_and_grads(layer, labels, x, extra=()):
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        value = layer(labels, xt)
+    grads = tape.gradient(value, [xt, *extra])
+    return float(value), [None if g is None else np.asarray(g) for g in grads]
+
+
+def numeric_grad(fn, x, h=1e-5):
+    x = np.asarray(x, np.float64)
+    grad = np.zeros_like(x)
+    for index in np.ndindex(*x.shape):
+        up, down = x.copy(), x.copy()
+        up[index] += h
+        down[index] -= h
+        grad[index] = (fn(up) - fn(down)) / (2 * h)
+    return grad
+
+
+PAIR_CASES = {
+    "c2": (lambda: losses.ContrastiveLoss(0.1, 0.7), lambda x, y, r=None, ry=None: ref_c2(x, y, r, ry, 0.1, 0.7)),
+    "c1": (lambda: losses.CosineContrastiveLoss(0.2), lambda x, y, r=None, ry=None: ref_c1(x, y, r, ry, 0.2)),
+    "triplet": (lambda: losses.TripletLoss(0.3), lambda x, y, r=None, ry=None: ref_triplet(x, y, r, ry, 0.3)),
+    "ms": (lambda: losses.MultiSimilarityLoss(2.0, 10.0, 0.5),
+           lambda x, y, r=None, ry=None: ref_ms(x, y, r, ry, 2.0, 10.0, 0.5)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAIR_CASES))
+def test_pair_loss_values_on_structured_and_random_batches(name):
+    make, reference = PAIR_CASES[name]
+    layer = make()
+    x, y = batch(8, 4, 6, seed=1)
+    assert float(layer(y, x)) == pytest.approx(reference(lip(x), y), rel=1e-4, abs=1e-6)
+    rng = np.random.default_rng(2)
+    y_random = rng.integers(0, 5, size=20)
+    x_random = rng.normal(size=(20, 5)).astype(np.float32)
+    assert float(layer(y_random[:, None], x_random)) == pytest.approx(
+        reference(lip(x_random), y_random), rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(PAIR_CASES))
+def test_pair_loss_gradients_match_finite_differences(name):
+    make, reference = PAIR_CASES[name]
+    x, y = batch(3, 3, 4, seed=3)
+    _, (grad,) = tf_value_and_grads(make(), y, x)
+    expected = numeric_grad(lambda v: reference(lip(v), y), x)
+    np.testing.assert_allclose(grad, expected, rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize("name", sorted(PAIR_CASES))
+def test_single_class_batch_has_no_nan(name):
+    make, reference = PAIR_CASES[name]
+    x, y = batch(1, 5, 4, seed=4)
+    value, (grad,) = tf_value_and_grads(make(), y, x)
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+    assert value == pytest.approx(reference(lip(x), y), rel=1e-4, abs=1e-6)
+
+
+def test_no_active_hinge_gives_zero_loss_and_gradient():
+    # Two tight, far-apart clusters: every C2 and triplet hinge is inactive.
+    x = np.array([[1, 0, 0], [1, 0.001, 0], [-1, 0, 0], [-1, 0, 0.001]], np.float32) * 3
+    y = np.array([0, 0, 1, 1])
+    for layer in (losses.ContrastiveLoss(0.05, 0.5), losses.TripletLoss(0.1)):
+        value, (grad,) = tf_value_and_grads(layer, y, x)
+        assert value == 0.0 and np.all(grad == 0.0)
+    # Coinciding positives: zero distance, finite (zero) gradient.
+    same = np.array([[2, 0], [2, 0], [0, 2]], np.float32)
+    value, (grad,) = tf_value_and_grads(losses.ContrastiveLoss(0.0, 0.5), [0, 0, 1], same)
+    assert np.all(np.isfinite(grad))
+
+
+def test_ms_mining_keeps_only_hard_pairs():
+    x, y = batch(4, 3, 5, seed=5)
+    mined = float(losses.MultiSimilarityLoss(2.0, 10.0, 0.5, mining=True)(y, x))
+    v = lip(x)
+    total = 0.0
+    for i in range(len(v)):
+        s = v @ v[i]
+        pos = [j for j in range(len(v)) if j != i and y[j] == y[i]]
+        neg = [j for j in range(len(v)) if y[j] != y[i]]
+        hard_neg = [j for j in neg if s[j] + 0.1 > min(s[pos])]
+        hard_pos = [j for j in pos if s[j] - 0.1 < max(s[neg])]
+        total += np.log(1 + sum(np.exp(-2 * (s[j] - 0.5)) for j in hard_pos)) / 2
+        total += np.log(1 + sum(np.exp(10 * (s[j] - 0.5)) for j in hard_neg)) / 10
+    assert mined == pytest.approx(total / len(v), rel=1e-4)
+
+
+def test_margin_loss_value_and_beta_gradient():
+    layer = losses.MarginLoss(margin=0.2, beta_init=0.9)
+    x, y = batch(3, 3, 4, seed=6)
+    value, (gx, gbeta) = tf_value_and_grads(layer, y, x, extra=[layer.beta])
+    assert value == pytest.approx(ref_margin(lip(x), y, 0.2, 0.9), rel=1e-4)
+    np.testing.assert_allclose(gx, numeric_grad(lambda v: ref_margin(lip(v), y, 0.2, 0.9), x),
+                               rtol=2e-3, atol=2e-4)
+    numeric_beta = (ref_margin(lip(x), y, 0.2, 0.9 + 1e-5) - ref_margin(lip(x), y, 0.2, 0.9 - 1e-5)) / 2e-5
+    assert float(gbeta) == pytest.approx(numeric_beta, rel=1e-3, abs=1e-4)
+
+
+PROXY_CASES = {
+    "proxy_anchor": (lambda: losses.ProxyAnchorLoss(4, 5, margin=0.1, alpha=8.0, seed=1),
+                     lambda x, y, p, pl: ref_proxy_anchor(x, y, p, pl, 0.1, 8.0)),
+    "proxy_nca": (lambda: losses.ProxyNCALoss(4, 5, temperature=0.5, seed=1),
+                  lambda x, y, p, pl: ref_proxy_nca(x, y, p, pl, 0.5)),
+    "soft_triple": (lambda: losses.SoftTripleLoss(4, 5, centers_per_class=3, lamda=5.0, gamma=0.5,
+                                                  tau=0.2, margin=0.1, seed=1),
+                    lambda x, y, p, pl: ref_soft_triple(x, y, p, 4, 3, 5.0, 0.5, 0.2, 0.1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROXY_CASES))
+def test_proxy_loss_value_and_gradients(name):
+    make, reference = PROXY_CASES[name]
+    layer = make()
+    x, y = batch(4, 2, 5, seed=7)
+    proxies = np.asarray(layer.proxies, np.float64)
+    labels = np.asarray(layer.proxy_labels)
+    value, (gx, gp) = tf_value_and_grads(layer, y, x, extra=[layer.proxies])
+    assert value == pytest.approx(reference(lip(x), y, lip(proxies), labels), rel=1e-4)
+    np.testing.assert_allclose(
+        gx, numeric_grad(lambda v: reference(lip(v), y, lip(proxies), labels), x), rtol=3e-3, atol=3e-4)
+    np.testing.assert_allclose(
+        gp, numeric_grad(lambda p: reference(lip(x), y, lip(p), labels), proxies), rtol=3e-3, atol=3e-4)
+
+
+@pytest.mark.parametrize("name", sorted(PAIR_CASES))
+def test_ccp_wraps_each_pair_loss(name):
+    make, reference = PAIR_CASES[name]
+    layer = losses.CCPLoss(make(), num_classes=3, embedding_size=4, proxies_per_class=2,
+                           pair_weight=0.1, proxy_weight=1.0)
+    rng = np.random.default_rng(8)
+    layer.assign_proxies(rng.normal(size=(3, 2, 4)))
+    x, y = batch(3, 3, 4, seed=9)
+    proxies = np.asarray(layer.proxies, np.float64)
+    labels = np.repeat(np.arange(3), 2)
+    np.testing.assert_array_equal(layer.proxy_labels, labels)  # class-major layout
+
+    def full(v, p):
+        return 0.1 * reference(lip(v), y) + 1.0 * reference(lip(v), y, lip(p), labels)
+
+    value, (gx, gp) = tf_value_and_grads(layer, y, x, extra=[layer.proxies])
+    assert value == pytest.approx(full(x, proxies), rel=1e-4, abs=1e-6)
+    np.testing.assert_allclose(gx, numeric_grad(lambda v: full(v, proxies), x), rtol=3e-3, atol=3e-4)
+    np.testing.assert_allclose(gp, numeric_grad(lambda p: full(x, p), proxies), rtol=3e-3, atol=3e-4)
+    terms = layer.loss_terms(y, x)
+    assert float(terms["loss"]) == pytest.approx(0.1 * float(terms["pair"]) + float(terms["proxy"]), rel=1e-6)
+    np.testing.assert_allclose(layer.proxies_by_class().numpy()[1, 0], proxies[2], rtol=1e-6)
+    with pytest.raises(ValueError, match="proxies must have shape"):
+        layer.assign_proxies(np.zeros((3, 3, 4)))
+
+
+def test_xbm_queue_semantics():
+    base = losses.ContrastiveLoss(0.0, 0.5)
+    xbm = losses.CrossBatchMemory(base, embedding_size=3, memory_size=5, start_at=1)
+    a = np.array([[3, 0, 0], [0, 3, 0]], np.float32)
+    b = np.array([[0, 0, 3], [3, 3, 0], [1, 0, 0]], np.float32)
+    first = xbm.loss_terms([0, 1], a, training=True)
+    assert float(first["memory"]) == 0.0  # step 0 < start_at
+    np.testing.assert_array_equal(xbm.memory_labels.numpy(), [0, 1, -1, -1, -1])
+    second = xbm.loss_terms([2, 0, 1], b, training=True)
+    expected_memory = ref_c2(lip(b), np.array([2, 0, 1]), lip(a), np.array([0, 1]))
+    assert float(second["memory"]) == pytest.approx(expected_memory, rel=1e-5)
+    assert float(second["loss"]) == pytest.approx(ref_c2(lip(b), np.array([2, 0, 1])) + expected_memory, rel=1e-5)
+    # FIFO wrap-around: 5 slots held [a0, a1, b0, b1, b2]; the next batch overwrites slots 0, 1.
+    xbm.loss_terms([4, 4], a, training=True)
+    np.testing.assert_array_equal(xbm.memory_labels.numpy(), [4, 4, 2, 0, 1])
+    assert int(xbm.write_position.numpy()) == 2 and int(xbm.step.numpy()) == 3
+    # Not training: nothing is written.
+    xbm.loss_terms([3], a[:1], training=False)
+    assert int(xbm.step.numpy()) == 3
+
+
+def test_xbm_forwards_the_ccp_interface():
+    inner = losses.CCPLoss(losses.TripletLoss(0.1), 2, 3, proxies_per_class=2)
+    xbm = losses.CrossBatchMemory(inner, 3, 4)
+    assert xbm.proxies is inner.proxies and xbm.proxy_variables == [inner.proxies]
+    xbm.assign_proxies(np.ones((2, 2, 3)))
+    np.testing.assert_array_equal(inner.proxies_by_class().numpy(), np.ones((2, 2, 3)))
+
+
+ALL_LAYERS = [
+    lambda: losses.ContrastiveLoss(0.1, 0.6),
+    lambda: losses.CosineContrastiveLoss(0.3),
+    lambda: losses.TripletLoss(0.2),
+    lambda: losses.MultiSimilarityLoss(3.0, 30.0, 0.4, mining=True),
+    lambda: losses.MarginLoss(0.3, 1.1, num_classes=4),
+    lambda: losses.ProxyAnchorLoss(4, 5),
+    lambda: losses.ProxyNCALoss(4, 5, temperature=0.2),
+    lambda: losses.SoftTripleLoss(4, 5, centers_per_class=2),
+    lambda: losses.CCPLoss(losses.MultiSimilarityLoss(), 4, 5, proxies_per_class=3),
+    lambda: losses.CrossBatchMemory(losses.ContrastiveLoss(), 5, 16, start_at=3),
+]
+
+
+@pytest.mark.parametrize("make", ALL_LAYERS)
+def test_get_config_round_trip(make):
+    layer = make()
+    clone = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert type(clone) is type(layer)
+    strip = lambda c: {k: v for k, v in c.items() if k not in ("name",)}  # noqa: E731
+    assert strip(clone.get_config()) == strip(layer.get_config())
+    x, y = batch(4, 2, 5, seed=10)
+    if hasattr(layer, "proxies"):
+        clone.assign_proxies(layer.proxies_by_class())
+    if isinstance(layer, losses.MarginLoss):
+        clone.beta.assign(layer.beta)
+    assert float(clone(y, x)) == pytest.approx(float(layer(y, x)), rel=1e-6)
+
+
+def test_proxy_losses_inside_tf_function_and_mirrored_strategy():
+    x, y = batch(4, 3, 5, seed=11)
+    layer = losses.CCPLoss(losses.ContrastiveLoss(), 4, 5, proxies_per_class=2)
+    eager = float(layer(y, x))
+    assert float(tf.function(lambda a, b: layer(a, b))(y, x)) == pytest.approx(eager, rel=1e-6)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        mirrored = losses.CCPLoss(losses.ContrastiveLoss(), 4, 5, proxies_per_class=2)
+    mirrored.assign_proxies(layer.proxies_by_class())
+    per_replica = strategy.run(tf.function(lambda a, b: mirrored(a, b)), args=(y, x))
+    for value in strategy.experimental_local_results(per_replica):
+        assert float(value) == pytest.approx(eager, rel=1e-6)
+    anchor = losses.ProxyAnchorLoss(4, 5)
+    assert np.isfinite(float(tf.function(lambda a, b: anchor(a, b))(y, x)))
+
+
+def test_float16_inputs_under_mixed_precision_give_float32_loss():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        layer = losses.CCPLoss(losses.ContrastiveLoss(), 4, 5, proxies_per_class=2)
+        x, y = batch(4, 2, 5, seed=12)
+        value = layer(y, tf.constant(x, tf.float16))
+        assert value.dtype == tf.float32
+        assert layer.proxies.dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    reference = losses.CCPLoss(losses.ContrastiveLoss(), 4, 5, proxies_per_class=2)
+    reference.assign_proxies(layer.proxies_by_class())
+    assert float(value) == pytest.approx(float(reference(y, x.astype(np.float16).astype(np.float32))), rel=1e-4)

@@ -183,6 +183,7 @@ def build_projection(config):
         patience=config.ccp_patience,
         min_iterations=config.ccp_min_iterations,
         min_delta=config.min_delta,
+        pool_size=config.ccp_pool_size,
         random_init=config.ccp_random_init,
         monitor_lag=config.ccp_monitor_lag,
     )

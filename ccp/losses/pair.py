@@ -36,14 +36,32 @@ def cosine_contrastive(sims, pos_mask, neg_mask, margin, eps=1e-5):
 
 
 def triplet(dists, pos_mask, neg_mask, margin):
-    """All valid triplets ``(a, p, n)``: mean of non-zero ``relu(d(a,p) - d(a,n) + m)``.
+    """All valid triplets ``(a, p, n)``: mean of non-zero ``relu(d(a,p) - d(a,n) + m)`` (SPEC §4).
+
+    Exact, in ``[N, M]`` memory (never the ``[N, M, M]`` triplet cube, which CCP's proxy bank at
+    SOP scale would need hundreds of GB for): for anchor ``a`` and positive ``p`` the active
+    negatives are those with ``d(a,n) < d(a,p) + m``; with the anchor's negative distances
+    sorted, their number is a ``searchsorted`` and their sum a prefix sum, so
+    ``sum of active terms = sum_{a,p} count (d(a,p) + m) - prefix[count]``. Gradients reach
+    ``d(a,p)`` (times the count) and every active ``d(a,n)`` (through the gathered prefix sums),
+    exactly as in the dense form.
 
     Args:
       dists: float ``[N, M]``; pos_mask, neg_mask: bool ``[N, M]``.
     """
-    terms = dists[:, :, None] - dists[:, None, :] + margin  # [anchor, positive, negative]
-    valid = tf.logical_and(pos_mask[:, :, None], neg_mask[:, None, :])
-    return mean_of_positive_terms(terms, valid)
+    infinity = tf.constant(float("inf"), dists.dtype)
+    # Non-negatives sort to the end as +inf, so a finite threshold never counts them.
+    keys = tf.where(neg_mask, tf.stop_gradient(dists), infinity)
+    order = tf.argsort(keys, axis=1, stable=True)
+    sorted_keys = tf.gather(keys, order, batch_dims=1)
+    sorted_neg = tf.gather(tf.where(neg_mask, dists, tf.zeros_like(dists)), order, batch_dims=1)
+    prefix = tf.concat([tf.zeros_like(sorted_neg[:, :1]), tf.cumsum(sorted_neg, axis=1)], axis=1)
+    counts = tf.searchsorted(sorted_keys, tf.stop_gradient(dists) + margin, side="left")
+    counts = tf.where(pos_mask, counts, tf.zeros_like(counts))
+    active_sum = tf.gather(prefix, counts, batch_dims=1)
+    counts = tf.stop_gradient(tf.cast(counts, dists.dtype))
+    total = tf.reduce_sum(counts * (dists + margin) - active_sum)
+    return total / (tf.reduce_sum(counts) + 1e-16)
 
 
 def multi_similarity(sims, pos_mask, neg_mask, alpha, beta, base, mining=False, epsilon=0.1):
@@ -74,16 +92,16 @@ def multi_similarity(sims, pos_mask, neg_mask, alpha, beta, base, mining=False, 
 def margin_loss(dists, pos_mask, neg_mask, margin, beta):
     """Margin loss (Wu et al., "Sampling matters"): ``relu(margin + y (d - beta))``.
 
+    Reduced as the reference: mean of the non-zero positive terms + mean of the non-zero
+    negative terms (each over its own count + 1e-16, like C2).
+
     Args:
-      beta: float ``[N, M]`` (the anchor's class boundary broadcast) or a scalar.
-    Returns:
-      ``(loss, active_pair_count)``: the sum of the terms over the number of non-zero ones.
+      dists: float ``[N, M]``; masks bool ``[N, M]``;
+      beta: float ``[N, 1]`` (the anchor row's class boundary) or a scalar.
     """
-    pos_terms = tf.nn.relu(dists - beta + margin) * tf.cast(pos_mask, dists.dtype)
-    neg_terms = tf.nn.relu(beta - dists + margin) * tf.cast(neg_mask, dists.dtype)
-    count = tf.stop_gradient(tf.reduce_sum(tf.cast(pos_terms > 0, dists.dtype))
-                             + tf.reduce_sum(tf.cast(neg_terms > 0, dists.dtype)))
-    return (tf.reduce_sum(pos_terms) + tf.reduce_sum(neg_terms)) / (count + 1e-16), count
+    pos = mean_of_positive_terms(dists - beta + margin, pos_mask)
+    neg = mean_of_positive_terms(beta - dists + margin, neg_mask)
+    return pos + neg
 
 
 @keras.saving.register_keras_serializable(package="ccp")
@@ -165,7 +183,7 @@ class MarginLoss(PairLoss):
       margin: alpha, the half-width of the margin.
       beta_init: initial boundary beta.
       num_classes: one beta per class (indexed by the anchor's label) when given, else one.
-      nu: weight of the ``nu * beta`` regularizer of the paper, added per active pair.
+      nu: weight of the paper's ``nu * beta`` regularizer (mean beta of the anchor rows).
     """
 
     def __init__(self, margin=0.2, beta_init=1.2, num_classes=None, nu=0.0, **kwargs):
@@ -184,13 +202,13 @@ class MarginLoss(PairLoss):
         pos, neg = ops.pair_masks(labels, ref_labels)
         if self.num_classes is None:
             beta = tf.convert_to_tensor(self.beta)
-            beta_sum = beta
+            beta_mean = beta
         else:
             beta_rows = tf.gather(self.beta, tf.maximum(ops.flatten_labels(labels), 0))
             beta = beta_rows[:, None]
-            beta_sum = tf.reduce_mean(beta_rows)
-        loss, count = margin_loss(dists, pos, neg, self.margin, beta)
-        return loss + self.nu * beta_sum * tf.cast(count > 0, loss.dtype)
+            beta_mean = tf.reduce_mean(beta_rows)
+        # The paper's nu * beta regularizer, added unconditionally as the reference does.
+        return margin_loss(dists, pos, neg, self.margin, beta) + self.nu * beta_mean
 
     def get_config(self):
         return {**super().get_config(), "margin": self.margin, "beta_init": self.beta_init,

@@ -67,7 +67,7 @@ def soft_triple_regularizer(centers, num_classes, centers_per_class):
     grouped = tf.reshape(centers, [num_classes, centers_per_class, -1])
     sims = tf.matmul(grouped, grouped, transpose_b=True)  # [C, K, K]
     upper = tf.linalg.band_part(tf.ones_like(sims[0]), 0, -1) - tf.eye(centers_per_class)
-    dists = tf.sqrt(tf.nn.relu(2.0 + 1e-10 - 2.0 * sims))
+    dists = ops.safe_sqrt(2.0 + 1e-10 - 2.0 * sims)  # no NaN gradient for equal centers
     total = tf.reduce_sum(dists * upper)
     return total / (num_classes * centers_per_class * (centers_per_class - 1))
 

@@ -2,7 +2,9 @@
 
 A FIFO queue of the last ``memory_size`` (embedding, label) pairs. After ``start_at`` training
 steps the loss is ``batch_weight * L(batch, batch) + memory_weight * L(batch, memory)``; the
-memory is just another reference set (empty slots carry label -1 and form no pair).
+memory is just another reference set (empty slots carry label -1 and form no pair). As in the
+XBM paper and the reference code, a training step enqueues the batch (detached) *before* the
+memory term, so the memory holds the current batch too.
 """
 import keras
 import tensorflow as tf
@@ -77,24 +79,35 @@ class CrossBatchMemory(MetricLoss):
         return self.loss.proxy_variables
 
     def enqueue(self, labels, embeddings):
-        """Writes a batch of normalized embeddings into the FIFO (wrapping around)."""
+        """Writes a batch of normalized embeddings into the FIFO (wrapping around).
+
+        Args:
+          labels: int32 ``[B]``; embeddings: float32 ``[B, D]``. A batch longer than the memory
+          keeps its last ``memory_size`` rows.
+        """
+        labels = labels[-self.memory_size:]
+        embeddings = tf.stop_gradient(embeddings[-self.memory_size:])
         batch = tf.shape(labels)[0]
-        positions = (self.write_position + tf.range(batch)) % self.memory_size
-        self.memory_embeddings.scatter_nd_update(positions[:, None], tf.stop_gradient(embeddings))
-        self.memory_labels.scatter_nd_update(positions[:, None], labels)
+        positions = ((self.write_position + tf.range(batch)) % self.memory_size)[:, None]
+        # Whole-variable assigns: mirrored variables support them in a replica context,
+        # scatter updates they do not.
+        self.memory_embeddings.assign(
+            tf.tensor_scatter_nd_update(tf.convert_to_tensor(self.memory_embeddings), positions, embeddings))
+        self.memory_labels.assign(
+            tf.tensor_scatter_nd_update(tf.convert_to_tensor(self.memory_labels), positions, labels))
         self.write_position.assign((self.write_position + batch) % self.memory_size)
 
     def loss_terms(self, labels, embeddings, training=None):
         labels, x = self.prepare(labels, embeddings)
         batch_terms = self.loss.loss_terms(labels, embeddings, training=training)
-        memory = self.loss.compute(x, labels, tf.convert_to_tensor(self.memory_embeddings),
-                                   tf.convert_to_tensor(self.memory_labels))
-        active = tf.cast(self.step >= self.start_at, memory.dtype)
-        memory = memory * active
-        total = self.batch_weight * batch_terms["loss"] + self.memory_weight * memory
+        active = tf.cast(self.step >= self.start_at, tf.float32)
         if training:
             self.enqueue(labels, x)
             self.step.assign_add(1)
+        memory = self.loss.compute(x, labels, tf.convert_to_tensor(self.memory_embeddings),
+                                   tf.convert_to_tensor(self.memory_labels))
+        memory = memory * active
+        total = self.batch_weight * batch_terms["loss"] + self.memory_weight * memory
         terms = {f"batch_{k}" if k != "loss" else "batch": v for k, v in batch_terms.items()}
         return {**terms, "memory": memory, "loss": total}
 

@@ -80,14 +80,14 @@ def ref_ms(x, y, r=None, ry=None, alpha=2.0, beta=40.0, base=0.5):
     return total / len(x)
 
 
-def ref_margin(x, y, margin=0.2, beta=1.2):
-    terms = []
+def ref_margin(x, y, margin=0.2, beta=1.2, nu=0.0):
+    pos, neg = [], []
     for i, j, same in pairs(y, None):
         d = dist(x[i], x[j])
-        t = max(margin + (d - beta if same else beta - d), 0.0)
+        t = margin + (d - beta if same else beta - d)
         if t > 0:
-            terms.append(t)
-    return sum(terms) / (len(terms) + 1e-16)
+            (pos if same else neg).append(t)
+    return sum(pos) / (len(pos) + 1e-16) + sum(neg) / (len(neg) + 1e-16) + nu * beta
 
 
 def ref_proxy_anchor(x, y, proxies, proxy_labels, margin=0.1, alpha=32.0):
@@ -233,13 +233,14 @@ def test_ms_mining_keeps_only_hard_pairs():
 
 
 def test_margin_loss_value_and_beta_gradient():
-    layer = losses.MarginLoss(margin=0.2, beta_init=0.9)
+    layer = losses.MarginLoss(margin=0.2, beta_init=0.9, nu=0.05)
     x, y = batch(3, 3, 4, seed=6)
     value, (gx, gbeta) = tf_value_and_grads(layer, y, x, extra=[layer.beta])
-    assert value == pytest.approx(ref_margin(lip(x), y, 0.2, 0.9), rel=1e-4)
-    np.testing.assert_allclose(gx, numeric_grad(lambda v: ref_margin(lip(v), y, 0.2, 0.9), x),
+    assert value == pytest.approx(ref_margin(lip(x), y, 0.2, 0.9, 0.05), rel=1e-4)
+    np.testing.assert_allclose(gx, numeric_grad(lambda v: ref_margin(lip(v), y, 0.2, 0.9, 0.05), x),
                                rtol=2e-3, atol=2e-4)
-    numeric_beta = (ref_margin(lip(x), y, 0.2, 0.9 + 1e-5) - ref_margin(lip(x), y, 0.2, 0.9 - 1e-5)) / 2e-5
+    numeric_beta = (ref_margin(lip(x), y, 0.2, 0.9 + 1e-5, 0.05)
+                    - ref_margin(lip(x), y, 0.2, 0.9 - 1e-5, 0.05)) / 2e-5
     assert float(gbeta) == pytest.approx(numeric_beta, rel=1e-3, abs=1e-4)
 
 
@@ -304,7 +305,9 @@ def test_xbm_queue_semantics():
     assert float(first["memory"]) == 0.0  # step 0 < start_at
     np.testing.assert_array_equal(xbm.memory_labels.numpy(), [0, 1, -1, -1, -1])
     second = xbm.loss_terms([2, 0, 1], b, training=True)
-    expected_memory = ref_c2(lip(b), np.array([2, 0, 1]), lip(a), np.array([0, 1]))
+    # The batch is enqueued before the memory term (XBM paper, reference): memory = a + b.
+    expected_memory = ref_c2(lip(b), np.array([2, 0, 1]), np.concatenate([lip(a), lip(b)]),
+                             np.array([0, 1, 2, 0, 1]))
     assert float(second["memory"]) == pytest.approx(expected_memory, rel=1e-5)
     assert float(second["loss"]) == pytest.approx(ref_c2(lip(b), np.array([2, 0, 1])) + expected_memory, rel=1e-5)
     # FIFO wrap-around: 5 slots held [a0, a1, b0, b1, b2]; the next batch overwrites slots 0, 1.
@@ -314,6 +317,28 @@ def test_xbm_queue_semantics():
     # Not training: nothing is written.
     xbm.loss_terms([3], a[:1], training=False)
     assert int(xbm.step.numpy()) == 3
+    # A batch longer than the memory keeps its last rows.
+    long = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2, 0]] * 2
+    xbm.loss_terms(list(range(7)), long, training=True)
+    assert sorted(xbm.memory_labels.numpy().tolist()) == [2, 3, 4, 5, 6]
+
+
+def test_xbm_under_mirrored_strategy_keeps_replicas_identical():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        xbm = losses.CrossBatchMemory(losses.ContrastiveLoss(), embedding_size=4, memory_size=6)
+    x, y = batch(3, 2, 4, seed=13)
+
+    @tf.function
+    def step(labels, embeddings):
+        return xbm.loss_terms(labels, embeddings, training=True)["loss"]
+
+    for _ in range(2):
+        values = strategy.experimental_local_results(strategy.run(step, args=(y, x)))
+    assert values[0].numpy() == pytest.approx(values[1].numpy())
+    replicas = strategy.experimental_local_results(xbm.memory_labels)
+    np.testing.assert_array_equal(replicas[0].numpy(), replicas[1].numpy())
+    np.testing.assert_array_equal(np.sort(replicas[0].numpy()), np.sort(y))  # 6 slots, 6 samples
 
 
 def test_xbm_forwards_the_ccp_interface():

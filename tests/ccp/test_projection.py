@@ -1,4 +1,6 @@
-"""greedy_k_center vs a naive numpy loop, and the CCP schedule on scripted MAP@R traces (SPEC §5)."""
+"""ccp.projection: greedy k-center (vs a naive numpy loop), figures, proximal term, schedule."""
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -6,169 +8,278 @@ import tensorflow as tf
 from ccp import projection
 
 
-def naive_k_center(candidates, centers, k):
-    """Per class, plain Python: farthest candidate from the cover, lowest index on ties."""
-    out = []
-    for cand, cover in zip(candidates, centers):
-        cover = [c for c in cover]
-        picks = []
+def naive_greedy_k_center(candidates, centers, k):
+    """Independent per-class loop of SPEC §5 in float64; returns picked indices [C, k]."""
+    picks = []
+    for q, s in zip(np.asarray(candidates, np.float64), np.asarray(centers, np.float64)):
+        if len(s):
+            dist = np.min(((q[:, None, :] - s[None, :, :]) ** 2).sum(-1), axis=1)
+        else:
+            dist = np.full(len(q), np.inf)
+        chosen = []
         for _ in range(k):
-            best_index, best_dist = None, -1.0
-            for i, q in enumerate(cand):
-                d = min((float(np.sum((q - c) ** 2)) for c in cover), default=np.inf)
-                if d > best_dist:  # strict: the first (lowest) index wins ties
-                    best_index, best_dist = i, d
-            picks.append(cand[best_index])
-            cover.append(cand[best_index])
-        out.append(np.stack(picks))
-    return np.stack(out)
+            best = max(range(len(q)), key=lambda i: (dist[i], -i))  # ties: lowest index
+            chosen.append(best)
+            dist = np.minimum(dist, ((q - q[best]) ** 2).sum(-1))
+        picks.append(chosen)
+    return np.array(picks)
 
 
-def test_matches_naive_loop_from_zero_cover_and_from_proxies():
-    rng = np.random.default_rng(0)
-    candidates = rng.normal(size=(5, 9, 4)).astype(np.float32)
-    zero = np.zeros((5, 1, 4), np.float32)
-    np.testing.assert_allclose(projection.greedy_k_center(candidates, zero, 4).numpy(),
-                               naive_k_center(candidates, zero, 4), atol=1e-6)
-    cover = rng.normal(size=(5, 3, 4)).astype(np.float32)
-    np.testing.assert_allclose(projection.greedy_k_center(candidates, cover, 3).numpy(),
-                               naive_k_center(candidates, cover, 3), atol=1e-6)
+def _gather(candidates, indices):
+    return np.stack([c[i] for c, i in zip(candidates, indices)])
 
 
-def test_ties_pick_the_lowest_index():
-    # Four candidates at the same distance 1 from the origin (exactly representable).
-    candidates = np.array([[[0, 1], [1, 0], [0, -1], [-1, 0]]], np.float32)
-    picks = projection.greedy_k_center(candidates, np.zeros((1, 1, 2), np.float32), 2).numpy()
-    np.testing.assert_array_equal(picks[0, 0], [0, 1])
-    # The origin stays in the cover: every remaining candidate is still at squared distance 1
-    # (min(1, 2), min(1, 4), min(1, 2)), so the tie goes to the lowest index, (1, 0).
-    np.testing.assert_array_equal(picks[0, 1], [1, 0])
-    # Without the origin in the cover, (0,-1) is the farthest from (0,1) (4 vs 2).
-    from_first = projection.greedy_k_center(candidates, candidates[:, :1], 1).numpy()
-    np.testing.assert_array_equal(from_first[0, 0], [0, -1])
-    # Duplicates: with every candidate equal, index 0 is chosen each time.
-    same = np.ones((2, 5, 3), np.float32) * np.arange(5, dtype=np.float32)[None, :, None] * 0
-    np.testing.assert_array_equal(
-        projection.greedy_k_center(same, np.zeros((2, 0, 3), np.float32), 2).numpy(),
-        np.zeros((2, 2, 3)))
+@pytest.mark.parametrize("num_centers", [0, 1, 3])
+def test_greedy_k_center_matches_naive_loop(num_centers):
+    rng = np.random.default_rng(num_centers)
+    candidates = rng.normal(size=(6, 9, 5)).astype(np.float32)
+    centers = rng.normal(size=(6, num_centers, 5)).astype(np.float32)
+    expected = naive_greedy_k_center(candidates, centers, 4)
+    indices, _ = projection.greedy_k_center_indices(candidates, centers, 4)
+    np.testing.assert_array_equal(indices.numpy(), expected)
+    picked = projection.greedy_k_center(candidates, centers, 4).numpy()
+    np.testing.assert_array_equal(picked, _gather(candidates, expected))
 
 
-def test_xla_compiles_and_agrees():
-    rng = np.random.default_rng(1)
-    candidates = rng.normal(size=(3, 7, 5)).astype(np.float32)
-    cover = rng.normal(size=(3, 2, 5)).astype(np.float32)
-    compiled = tf.function(lambda q, c: projection.greedy_k_center(q, c, 3), jit_compile=True)
-    np.testing.assert_allclose(compiled(candidates, cover).numpy(),
-                               naive_k_center(candidates, cover, 3), atol=1e-5)
+def test_greedy_k_center_ties_go_to_lowest_index():
+    # Integer grid points: many exactly equal distances.
+    candidates = np.array([[[1, 0], [0, 1], [-1, 0], [0, -1], [1, 0], [2, 0]],
+                           [[0, 0], [0, 0], [0, 0], [3, 3], [3, 3], [-3, -3]]], np.float32)
+    centers = np.zeros((2, 1, 2), np.float32)
+    expected = naive_greedy_k_center(candidates, centers, 4)
+    indices, _ = projection.greedy_k_center_indices(candidates, centers, 4)
+    np.testing.assert_array_equal(indices.numpy(), expected)
+    # Class 0: (2,0) is farthest from the zero cover (index 5); then every other point is at
+    # squared distance 1 from the cover -> the lowest index each time: 0, 1, 2.
+    np.testing.assert_array_equal(indices.numpy()[0], [5, 0, 1, 2])
+    # Class 1: (3,3), (3,3), (-3,-3) tie at 18 -> index 3; then (-3,-3) (index 5, 72 from (3,3)
+    # but 18 from the cover); then all remaining distances are 0 -> index 0, and again 0 (SPEC:
+    # the literal greedy rule; a pool with fewer distinct points than K repeats a pick).
+    np.testing.assert_array_equal(indices.numpy()[1], [3, 5, 0, 0])
 
 
-def test_covering_radius_and_mean_proxy_distance():
-    points = np.array([[[0, 0], [3, 4], [6, 8]]], np.float32)
-    centers = np.array([[[0, 0]]], np.float32)
-    np.testing.assert_allclose(projection.covering_radius(points, centers).numpy(), [10.0])
-    proxies = np.array([[[0, 0], [3, 4]], [[0, 0], [0, 1]]], np.float64)
-    assert projection.mean_proxy_distance(proxies) == pytest.approx((5 + 1) / 2)
+def test_zero_cover_starts_from_farthest_and_empty_cover_from_index_zero():
+    candidates = np.array([[[0.1, 0.0], [5.0, 0.0], [0.0, 0.2]]], np.float32)
+    zero = projection.greedy_k_center(candidates, np.zeros((1, 1, 2), np.float32), 1).numpy()
+    np.testing.assert_array_equal(zero[0, 0], [5.0, 0.0])
+    empty = projection.greedy_k_center(candidates, np.zeros((1, 0, 2), np.float32), 1).numpy()
+    np.testing.assert_array_equal(empty[0, 0], candidates[0, 0])
 
 
-class FakeProxyLoss:
-    """The two methods of the CCP loss contract the schedule uses, over a plain variable."""
+def test_greedy_k_center_xla_and_tf_function():
+    rng = np.random.default_rng(3)
+    candidates = tf.constant(rng.normal(size=(4, 7, 3)), tf.float32)
+    centers = tf.constant(rng.normal(size=(4, 2, 3)), tf.float32)
+    eager = projection.greedy_k_center(candidates, centers, 3)
+    compiled = tf.function(lambda c, s: projection.greedy_k_center(c, s, 3), jit_compile=True)
+    np.testing.assert_allclose(compiled(candidates, centers).numpy(), eager.numpy())
 
-    def __init__(self, num_classes, per_class, dim):
-        self.proxies = tf.Variable(np.full((num_classes * per_class, dim), 7.0, np.float32))
-        self.shape = (num_classes, per_class, dim)
+
+def test_greedy_k_center_rejects_small_pool():
+    with pytest.raises(ValueError, match="b\\*K"):
+        projection.greedy_k_center(np.zeros((2, 3, 4), np.float32),
+                                   np.zeros((2, 1, 4), np.float32), 4)
+
+
+def test_pool_rounds_rule():
+    assert projection.pool_rounds(12, 8) == 12
+    assert projection.pool_rounds(7, 4) == 7
+    assert projection.pool_rounds(3, 4) == 12
+
+
+def test_covering_radius_and_proxy_distance_vs_numpy():
+    rng = np.random.default_rng(4)
+    points = rng.normal(size=(3, 6, 4)).astype(np.float32)
+    centers = rng.normal(size=(3, 2, 4)).astype(np.float32)
+    d = np.sqrt(((points[:, :, None] - centers[:, None]) ** 2).sum(-1))
+    np.testing.assert_allclose(projection.covering_radius(points, centers).numpy(),
+                               d.min(-1).max(-1), rtol=1e-5)
+    pd = np.sqrt(((centers[:, :, None] - centers[:, None]) ** 2).sum(-1))
+    np.testing.assert_allclose(projection.mean_proxy_distance(centers).numpy(),
+                               pd.sum((1, 2)) / 2, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Proximal term.
+# ----------------------------------------------------------------------------------------------
+
+
+class FakeProxyOwner:
+    """Stands in for a CCP loss: proxies [C*K, D] class-major (row c*K + k)."""
+
+    def __init__(self, num_classes, per_class, size, seed=0):
+        self.shape = (num_classes, per_class, size)
+        init = np.random.default_rng(seed).normal(size=(num_classes * per_class, size))
+        self.proxies = tf.Variable(init.astype(np.float32))
 
     def proxies_by_class(self):
         return tf.reshape(self.proxies, self.shape)
 
     def assign_proxies(self, new):
-        self.proxies.assign(tf.reshape(new, [-1, self.shape[2]]))
+        self.proxies.assign(tf.reshape(tf.cast(new, tf.float32), self.proxies.shape))
 
 
-def _schedule(**kwargs):
-    weight = tf.Variable([1.0, 2.0])
-    loss = FakeProxyLoss(2, 2, 3)
-    schedule = projection.AlternatingProjection(lambda_0=0.5, decay=0.5, **kwargs)
-    schedule.attach([weight], loss)
-    return schedule, weight, loss
+def test_proximal_term_matches_hand_computation():
+    w1 = tf.Variable([1.0, -2.0, 3.0])
+    w2 = tf.Variable([[0.5, 0.5]])
+    proxy = tf.Variable([[9.0, 9.0]])
+    proj = projection.AlternatingProjection(lambda_0=0.3).attach([w1, w2])
+    proj.w_prev[0].assign([0.0, 0.0, 1.0])
+    proj.w_prev[1].assign([[1.5, -0.5]])
+    proj.lambda_t.assign(0.3)
+    transform = proj.gradient_transform()
+    grads = [tf.constant([0.1, 0.2, 0.3]), None, tf.constant([[1.0, 1.0]])]
+    out = transform(grads, [w1, w2, proxy])
+    np.testing.assert_allclose(out[0].numpy(), [0.1 + 0.3 * 1.0, 0.2 + 0.3 * -2.0, 0.3 + 0.3 * 2])
+    assert out[1] is None
+    np.testing.assert_array_equal(out[2].numpy(), [[1.0, 1.0]])  # proxies: no proximal term
+    out2 = transform([tf.zeros([3]), tf.zeros([1, 2]), None], [w1, w2, proxy])
+    np.testing.assert_allclose(out2[1].numpy(), [[0.3 * -1.0, 0.3 * 1.0]])
+    proj.lambda_t.assign(0.0)  # first instance: no term
+    np.testing.assert_array_equal(transform([tf.zeros([3])], [w1])[0].numpy(), np.zeros(3))
 
 
-def _pool_fn(pools):
-    def pool(model, index):
-        pools.append(np.random.default_rng(index).normal(size=(2, 4, 3)).astype(np.float32))
-        return pools[-1]
-    return pool
+# ----------------------------------------------------------------------------------------------
+# The schedule on scripted MAP@R traces.
+# ----------------------------------------------------------------------------------------------
+
+C, K, D = 3, 2, 4
 
 
-def test_scripted_trace_ends_instances_at_the_right_epochs():
-    schedule, weight, loss = _schedule(patience=2, min_iterations=1)
-    pools = []
-    event = schedule.initialize_proxies(_pool_fn(pools), model=None)
-    assert event["event"] == "proxy_init"
-    initial = loss.proxies_by_class().numpy()
-    for c in range(2):  # every initial proxy is a row of the class's pool
-        for proxy in initial[c]:
-            assert any(np.allclose(proxy, row) for row in pools[0][c])
-    trace = [0.10, 0.20, 0.15, 0.18, 0.30, 0.31, 0.31, 0.25]
-    actions, lambdas, best_at_projection = [], [], []
-    for epoch, value in enumerate(trace, start=1):
-        weight.assign([float(epoch), -float(epoch)])
-        before = loss.proxies_by_class().numpy()
-        action, event = schedule.on_epoch_end(value, None, _pool_fn(pools))
-        actions.append(action)
-        lambdas.append(float(schedule.lambda_t.numpy()))
-        if action == projection.PROJECT:
-            best_at_projection.append([w.numpy().copy() for w in schedule.w_prev])
-            after = loss.proxies_by_class().numpy()
-            assert not np.allclose(before, after)
-            for c in range(2):
-                for proxy in after[c]:
-                    assert any(np.allclose(proxy, row) for row in pools[-1][c])
-            assert event["instance"] == len(best_at_projection)
-            assert event["radius_after"] <= event["radius_before"] + 1e-6
-    assert actions == ["new_best", "new_best", "continue", "project",
-                       "new_best", "new_best", "continue", "project"]
-    # lambda: 0 in instance 0, then lambda_0 * decay**t.
-    assert lambdas == pytest.approx([0, 0, 0, 0.25, 0.25, 0.25, 0.25, 0.125])
-    # w_prev <- the best weights of the instance (epoch 2, then epoch 6).
-    np.testing.assert_allclose(best_at_projection[0][0], [2.0, -2.0])
-    np.testing.assert_allclose(best_at_projection[1][0], [6.0, -6.0])
+def _pool(index):
+    rng = np.random.default_rng(100 + index)
+    return rng.normal(size=(C, 5, D)).astype(np.float32)
 
 
-def test_min_iterations_delays_tracking():
-    schedule, _, _ = _schedule(patience=1, min_iterations=3)
-    actions = [schedule.on_epoch_end(v)[0] for v in [0.5, 0.4, 0.3, 0.2, 0.1]]
-    assert actions == ["continue", "continue", "new_best", "project", "continue"]
+def run_trace(values, **kwargs):
+    """Feeds ``values``; before epoch e the 'model' weights and proxies are set to e."""
+    w = tf.Variable(np.zeros((2, 2), np.float32))
+    owner = FakeProxyOwner(C, K, D)
+    proj = projection.AlternatingProjection(pool_size=5, **kwargs).attach([w], owner)
+    pool_calls, log = [], []
+
+    def pool_fn(index):
+        pool_calls.append(index)
+        return _pool(index)
+
+    for epoch, value in enumerate(values, start=1):
+        w.assign(np.full((2, 2), epoch, np.float32))
+        before = owner.proxies.numpy().copy()
+        if not log or log[-1]["action"] != projection.PROJECT:
+            owner.proxies.assign(np.full((C * K, D), epoch, np.float32))
+            before = owner.proxies.numpy().copy()
+        decision = proj.on_epoch_end(value, pool_fn)
+        log.append({"epoch": epoch, "action": decision.action, "event": decision.event,
+                    "lambda": float(proj.lambda_t.numpy()), "w_prev": proj.w_prev[0].numpy()[0, 0],
+                    "proxies_before": before, "proxies_after": owner.proxies.numpy().copy()})
+    return proj, log, pool_calls
+
+
+TRACE = [0.10, 0.20, 0.20, 0.15, 0.2000005, 0.05, 0.04, 0.06, 0.01, 0.01, 0.01, 0.5]
+
+
+def test_schedule_instances_lambda_and_anchor():
+    proj, log, pool_calls = run_trace(TRACE, lambda_0=2e-4, decay=0.5, patience=3)
+    actions = [entry["action"] for entry in log]
+    assert actions == ["new_best", "new_best", "continue", "continue", "project",
+                       "new_best", "continue", "new_best", "continue", "continue", "project",
+                       "new_best"]
+    projected = [entry["epoch"] for entry in log if entry["action"] == projection.PROJECT]
+    assert projected == [5, 11]
+    assert pool_calls == [1, 2]
+    lambdas = [entry["lambda"] for entry in log]
+    np.testing.assert_allclose(lambdas[:4], 0.0)  # first instance: no proximal term
+    np.testing.assert_allclose(lambdas[4:10], 2e-4 * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(lambdas[10:], 2e-4 * 0.25, rtol=1e-6)
+    # w_prev = the best snapshot of the instance: epoch 2, then epoch 8.
+    assert log[4]["w_prev"] == 2.0 and log[10]["w_prev"] == 8.0
+    assert log[3]["w_prev"] == 0.0  # untouched before the first projection
+    assert int(proj.instance.numpy()) == 2
+    assert log[4]["event"]["instance"] == 1 and log[10]["event"]["instance"] == 2
+    assert log[4]["event"]["best_value"] == pytest.approx(0.2)
+
+
+def test_projection_proxies_are_k_center_picks_from_best_cover():
+    _, log, _ = run_trace(TRACE, patience=3)
+    for entry, best_epoch, index in ((log[4], 2, 1), (log[10], 8, 2)):
+        new = entry["proxies_after"].reshape(C, K, D)
+        assert not np.allclose(new, entry["proxies_before"].reshape(C, K, D))
+        pool = _pool(index)
+        for c in range(C):  # every new proxy is a row of the class's pool
+            for row in new[c]:
+                assert np.any(np.all(pool[c] == row, axis=1))
+        cover = np.full((C, K, D), best_epoch, np.float32)  # the instance's best proxies
+        expected = _gather(pool, naive_greedy_k_center(pool, cover, K))
+        np.testing.assert_array_equal(new, expected)
+        assert entry["event"]["radius_after"] < entry["event"]["radius_before"]
+        assert entry["event"]["pool_size"] == 5
 
 
 def test_monitor_lag_reacts_one_epoch_late():
-    schedule, weight, _ = _schedule(patience=1, monitor_lag=1)
-    actions = []
-    for epoch, value in enumerate([0.1, 0.3, 0.2, 0.2], start=1):
-        weight.assign([float(epoch), 0.0])
-        actions.append(schedule.on_epoch_end(value)[0])
-    # Epoch 1 has no previous value; epoch 2 sees 0.1 (best, snapshot of epoch-2 weights),
-    # epoch 3 sees 0.3 (best, snapshot of epoch 3), epoch 4 sees 0.2: instance ends.
-    assert actions == ["continue", "new_best", "new_best", "project"]
-    np.testing.assert_allclose(schedule.w_prev[0].numpy(), [3.0, 0.0])
+    proj, log, _ = run_trace(TRACE, patience=3, monitor_lag=1)
+    actions = [entry["action"] for entry in log]
+    assert actions[:6] == ["continue", "new_best", "new_best", "continue", "continue", "project"]
+    # The "best" snapshot is taken one epoch late: the weights of epoch 3 (value of epoch 2).
+    assert log[5]["w_prev"] == 3.0
+    np.testing.assert_allclose(log[5]["lambda"], 2e-4, rtol=1e-6)
 
 
-def test_proximal_gradient_matches_hand_computation():
-    schedule, weight, _ = _schedule(patience=1)
-    schedule.w_prev[0].assign([0.5, 0.5])
-    schedule.lambda_t.assign(0.1)
-    grads = schedule.proximal_gradients([tf.constant([1.0, 1.0])])
-    # g + lambda (w - w_prev) = 1 + 0.1 * ([1, 2] - 0.5)
-    np.testing.assert_allclose(grads[0].numpy(), [1.05, 1.15], rtol=1e-6)
+def test_min_iterations_skips_first_epochs_of_an_instance():
+    values = [0.5, 0.1, 0.1, 0.1, 0.1]
+    _, log1, _ = run_trace(values, patience=3, min_iterations=1)
+    _, log2, _ = run_trace(values, patience=3, min_iterations=2)
+    assert [e["epoch"] for e in log1 if e["action"] == "project"] == [4]
+    assert [e["epoch"] for e in log2 if e["action"] == "project"] == [5]
+    assert log2[4]["w_prev"] == 2.0
 
 
-def test_state_round_trips_through_a_checkpoint(tmp_path):
-    schedule, weight, loss = _schedule(patience=1)
-    for value in [0.1, 0.3, 0.2]:
-        schedule.on_epoch_end(value)
-    path = tf.train.Checkpoint(p=schedule).save(str(tmp_path / "ckpt"))
-    restored, _, _ = _schedule(patience=1)
-    tf.train.Checkpoint(p=restored).restore(path).assert_existing_objects_matched()
-    for name in ("instance", "lambda_t", "epochs_in_instance", "epochs_without_improvement",
-                 "best_value"):
-        assert getattr(restored, name).numpy() == getattr(schedule, name).numpy()
-    np.testing.assert_allclose(restored.w_prev[0].numpy(), schedule.w_prev[0].numpy())
+def test_nan_values_are_ignored():
+    _, log, _ = run_trace([0.3, float("nan"), 0.2, 0.2, 0.2], patience=3)
+    assert [e["action"] for e in log] == ["new_best", "continue", "continue", "continue",
+                                          "project"]
+
+
+def test_initial_proxies_from_zero_cover_and_random_init():
+    owner = FakeProxyOwner(C, K, D)
+    proj = projection.AlternatingProjection(pool_size=5).attach(
+        [tf.Variable(np.zeros(2, np.float32))], owner)
+    calls = []
+    event = proj.initialize_proxies(lambda i: calls.append(i) or _pool(7))
+    assert calls == [0] and event["event"] == "proxy_init"
+    pool = _pool(7)
+    expected = _gather(pool, naive_greedy_k_center(pool, np.zeros((C, 1, D)), K))
+    np.testing.assert_array_equal(owner.proxies_by_class().numpy(), expected)
+    assert proj.initialize_proxies(lambda i: _pool(8)) is None  # only once
+    np.testing.assert_array_equal(owner.proxies_by_class().numpy(), expected)
+
+    owner2 = FakeProxyOwner(C, K, D, seed=5)
+    before = owner2.proxies.numpy().copy()
+    proj2 = projection.AlternatingProjection(random_init=True).attach(
+        [tf.Variable(np.zeros(2, np.float32))], owner2)
+    event2 = proj2.initialize_proxies(lambda i: pytest.fail("pool must not be drawn"))
+    assert event2["random_init"] is True
+    np.testing.assert_array_equal(owner2.proxies.numpy(), before)
+
+
+def test_pool_shape_is_checked():
+    owner = FakeProxyOwner(C, 4, D)
+    proj = projection.AlternatingProjection(pool_size=3).attach(
+        [tf.Variable(np.zeros(2, np.float32))], owner)
+    with pytest.raises(ValueError, match="12"):  # b=3 < K=4: the pool needs b*K = 12 rows
+        proj.initialize_proxies(lambda i: np.zeros((C, 3, D), np.float32))
+    proj.initialize_proxies(lambda i: np.random.default_rng(0).normal(size=(C, 12, D)))
+
+
+def test_schedule_state_survives_a_checkpoint(tmp_path):
+    proj, _, _ = run_trace(TRACE[:7], patience=3, lambda_0=1e-3)
+    checkpoint = tf.train.Checkpoint(projection=proj)
+    path = checkpoint.save(str(tmp_path / "ckpt"))
+    state = proj.state_dict()
+    w_prev = proj.w_prev[0].numpy().copy()
+    proj.instance.assign(9)
+    proj.w_prev[0].assign(np.full((2, 2), -1.0, np.float32))
+    proj.lambda_t.assign(5.0)
+    checkpoint.restore(path).assert_consumed()
+    assert proj.state_dict() == state
+    np.testing.assert_array_equal(proj.w_prev[0].numpy(), w_prev)
+    assert not math.isnan(state["lambda"]) and state["instance"] == 1

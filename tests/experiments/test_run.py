@@ -80,9 +80,11 @@ def test_cli_rejects_unknown_flags_and_bad_data_dirs(tmp_path):
 
 def tiny_config(tmp_path, **changes):
     base = flags_lib.parse_flagfile(os.path.join(CONFIGS, "digits.cfg"))
+    # 4 folds (the MLRC flow); the smallest training fold has 3 of the 5 digit classes.
     values = dict(output_dir=str(tmp_path / "run"), steps_per_epoch=3, max_epochs=2,
                   embedding_size=16, ccp_pool_size=3, ccp_proxies_per_class=2, tsne_points=150,
-                  progress_bar=False, compute_nmi=True)
+                  folds=4, classes_per_batch=3, samples_per_class=4, progress_bar=False,
+                  compute_nmi=True)
     values.update(changes)
     return base.replace(**values)
 

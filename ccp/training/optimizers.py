@@ -1,0 +1,80 @@
+"""Adam with per-variable learning-rate multipliers, and the optimizer builder (SPEC §6).
+
+The reference trains the proxy baselines with a 100x learning-rate multiplier on the proxies
+through its ``AdamLRM`` optimizer: the *step size* of those variables is multiplied, Adam's
+moments are unchanged. Scaling the gradients instead would be a different thing: Adam
+normalizes the gradient by its running RMS, so a constant gradient scale cancels out (apart
+from epsilon) and has almost no effect. :class:`AdamLRM` reproduces the reference semantics.
+"""
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="ccp")
+class AdamLRM(keras.optimizers.Adam):
+    """``keras.optimizers.Adam`` whose learning rate is multiplied per variable.
+
+    Args:
+      learning_rate, beta_1, beta_2, epsilon: as Adam (SPEC §6: 1e-5, 0.9, 0.999, 1e-7).
+      **kwargs: other ``keras.optimizers.Adam`` arguments.
+
+    Multipliers are set per variable with :meth:`set_lr_multiplier` (identity-matched, so they
+    are not part of the config; the trainer sets them after building the optimizer).
+    """
+
+    def __init__(self, learning_rate=1e-5, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
+                         epsilon=epsilon, **kwargs)
+        self._lr_multipliers = {}
+
+    def set_lr_multiplier(self, variables, multiplier):
+        """Multiplies the learning rate of ``variables`` by ``multiplier`` (1.0 removes it)."""
+        for variable in variables:
+            key = self._var_key(variable)
+            if float(multiplier) == 1.0:
+                self._lr_multipliers.pop(key, None)
+            else:
+                self._lr_multipliers[key] = float(multiplier)
+
+    def lr_multiplier(self, variable):
+        """The multiplier of ``variable`` (1.0 when none was set)."""
+        return self._lr_multipliers.get(self._var_key(variable), 1.0)
+
+    def update_step(self, gradient, variable, learning_rate):
+        multiplier = self._lr_multipliers.get(self._var_key(variable))
+        if multiplier is not None:
+            learning_rate = tf.cast(learning_rate, variable.dtype) * multiplier
+        super().update_step(gradient, variable, learning_rate)
+
+
+def inner_optimizer(optimizer):
+    """The optimizer inside a ``LossScaleOptimizer`` (or the optimizer itself)."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def build_optimizer(variables, learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                    lr_multipliers=(), name=None):
+    """An :class:`AdamLRM`, built for ``variables``, loss-scaled under ``mixed_float16``.
+
+    Call inside the strategy scope.
+
+    Args:
+      variables: the variables it will update.
+      learning_rate: float or a ``keras.optimizers.schedules.LearningRateSchedule``.
+      beta_1, beta_2, epsilon: Adam.
+      lr_multipliers: iterable of ``(variables, multiplier)``.
+      name: optimizer name.
+    Returns:
+      the optimizer (a ``keras.mixed_precision.LossScaleOptimizer`` wrapping the Adam when the
+      global policy is ``mixed_float16``; float16 gradients need loss scaling).
+    """
+    adam = AdamLRM(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                   name=name)
+    optimizer = adam
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        optimizer = keras.mixed_precision.LossScaleOptimizer(adam, name=f"{name}_loss_scale"
+                                                             if name else None)
+    optimizer.build(list(variables))
+    for group, multiplier in lr_multipliers:
+        adam.set_lr_multiplier(group, multiplier)
+    return optimizer

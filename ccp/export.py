@@ -1,103 +1,220 @@
-"""SavedModel embedders (SPEC §10).
+"""SavedModel embedders (SPEC §10): export, reload, and a CLI that embeds a folder of images.
 
 ``export_embedder(model_or_models, export_dir)`` writes a SavedModel whose "serving_default"
-signature maps uint8 images ``[N, H, W, 3]`` (any H, W; one size per call) to embeddings:
-it applies the evaluation preprocessing itself (resize the shorter side to
-``round(S * 256 / 227)`` bilinearly, center crop ``S x S``, SPEC §6), runs each model in
-inference mode and L2-normalizes each model's embedding to unit length (what a retrieval user
-expects; for unit-norm rows this ranks exactly as the Lipschitz normalization of evaluation
-does). A list of fold models exports the concatenation of their unit-norm embeddings (the 512D
-ensemble of the MLRC protocol; the concatenation itself is not renormalized, so each block has
-norm 1 and the whole row has norm sqrt(number of models)).
+signature maps uint8 RGB images ``[N, H, W, 3]`` (any H, W; all images of one call share
+their size) to embeddings ``[N, D]`` under the output key "embeddings". The signature applies
+the evaluation preprocessing itself (SPEC §6: resize the shorter side to
+``round(S * 256 / 227)`` bilinearly, center crop ``S x S``, float32 0..255; S is the model's
+input side) and runs each model in inference mode.
 
-Reload anywhere with plain TensorFlow, no ccp import:
-``tf.saved_model.load(d).signatures["serving_default"](images=uint8)["embeddings"]``.
+Normalization. By default each model's embedding is L2-normalized to unit length (what a
+retrieval user expects, SPEC §10). ``normalization="lipschitz"`` applies the Lipschitz
+normalization ``x / max(||x||, 1)`` of SPEC §2 instead, i.e. exactly what ``ccp.metrics``
+evaluates; the two agree whenever ``||x|| >= 1`` (the usual case for a trained model).
 
-CLI: ``python -m ccp.export embed --model DIR --images FOLDER --out emb.npy``.
+Ensembles. A list of fold models exports the concatenation of each model's normalized
+embedding (the 512D = 4 x 128D ensemble of the MLRC protocol, SPEC §6). The concatenation is not
+renormalized by default: every block has norm 1 and a row has norm ``sqrt(number of models)``.
+MLRC's tester (pytorch-metric-learning, ``normalize_embeddings=True``) additionally scales the
+concatenated row to unit norm; that is a common factor ``1/sqrt(M)`` that changes no ranking,
+and ``normalize_concatenation=True`` reproduces it.
+
+The SavedModel also holds ``image_size``, ``embedding_size`` and ``num_models`` (int32
+variables) and a second signature "serving_cropped" that takes already preprocessed float32
+``[N, S, S, 3]`` crops (what the CLI batches). Reload anywhere with plain TensorFlow, no ccp
+import:
+
+    f = tf.saved_model.load(export_dir).signatures["serving_default"]
+    embeddings = f(images=tf.constant(uint8_images))["embeddings"]
+
+CLI: ``python -m ccp.export embed --model DIR --images FOLDER --out emb.npy [--batch_size 64]``
+writes ``[N, D]`` float32 embeddings and ``emb.txt`` with the image paths in row order.
 """
 import argparse
+import numbers
 import os
 import sys
 
+import keras
 import numpy as np
 import tensorflow as tf
 
+from ccp import layers as ccp_layers
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+NORMALIZATIONS = ("l2", "lipschitz")
+SERVING_KEY = "serving_default"
+CROPPED_KEY = "serving_cropped"
+OUTPUT_KEY = "embeddings"
 
 
 def eval_resize_size(image_size):
-    """Shorter-side size before the center crop (256 for 227, SPEC §6)."""
+    """Shorter side before the eval center crop: ``round(S * 256 / 227)`` (256 for 227)."""
     return int(round(image_size * 256 / 227))
 
 
 def eval_preprocess(images, image_size):
-    """uint8 or float ``[N, H, W, 3]`` -> float32 ``[N, S, S, 3]`` in 0..255 (SPEC §6 eval)."""
+    """Evaluation preprocessing of SPEC §6 for a batch of same-size images.
+
+    Args:
+      images: uint8 (or float 0..255) RGB ``[N, H, W, 3]``, any H, W >= 1.
+      image_size: S, the crop side.
+    Returns:
+      float32 ``[N, S, S, 3]`` in 0..255: the shorter side resized (bilinear, no antialias) to
+      ``eval_resize_size(S)``, the longer side by the same factor, then the central ``S x S``
+      crop (offsets ``(new - S) // 2``).
+    """
+    image_size = int(image_size)
     images = tf.cast(images, tf.float32)
-    shape = tf.shape(images)
-    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-    scale = tf.cast(eval_resize_size(image_size), tf.float32) / tf.minimum(height, width)
-    new_h = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), image_size)
-    new_w = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), image_size)
-    resized = tf.image.resize(images, tf.stack([new_h, new_w]), method="bilinear")
-    top = (new_h - image_size) // 2
-    left = (new_w - image_size) // 2
-    return tf.image.crop_to_bounding_box(resized, top, left, image_size, image_size)
+    shape = tf.cast(tf.shape(images)[1:3], tf.float32)
+    resize_size = eval_resize_size(image_size)
+    scale = resize_size / tf.reduce_min(shape)
+    new_shape = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), resize_size)
+    resized = tf.image.resize(images, new_shape, method="bilinear")
+    top = (new_shape[0] - image_size) // 2
+    left = (new_shape[1] - image_size) // 2
+    crop = resized[:, top:top + image_size, left:left + image_size, :]
+    return tf.ensure_shape(tf.clip_by_value(crop, 0.0, 255.0), [None, image_size, image_size, 3])
 
 
-def _image_size(model):
-    shape = model.input_shape
-    if shape[1] is None or shape[1] != shape[2]:
-        raise ValueError(f"export needs a model with a square static input, got {shape}")
+def _normalize(x, normalization):
+    if normalization == "lipschitz":
+        return ccp_layers.lipschitz_l2_normalize(x)
+    return tf.math.l2_normalize(x, axis=-1)
+
+
+def _model_image_size(model):
+    shape = tuple(model.input_shape) if isinstance(model, keras.Model) else ()
+    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
+        raise ValueError(f"export needs keras models with a square static RGB input "
+                         f"[N, S, S, 3]; got {type(model).__name__} with input shape {shape}")
+    out = tuple(model.output_shape)
+    if len(out) != 2 or out[1] is None:
+        raise ValueError(f"export needs models with [N, D] outputs, got output shape {out}")
     return int(shape[1])
 
 
 class _Embedder(tf.Module):
-    def __init__(self, models):
+    """The exported object: models + preprocessing + normalization as tf.functions."""
+
+    def __init__(self, models, normalization, normalize_concatenation):
         super().__init__(name="embedder")
-        self.models = list(models)
-        sizes = {_image_size(m) for m in self.models}
+        sizes = sorted({_model_image_size(m) for m in models})
         if len(sizes) != 1:
-            raise ValueError(f"all models of an ensemble need one input size, got {sorted(sizes)}")
-        self.image_size = sizes.pop()
-        self.embedding_size = sum(int(m.output_shape[-1]) for m in self.models)
+            raise ValueError(f"all models of an ensemble need the same input size, got {sizes}")
+        size = sizes[0]
+        self.models = list(models)
+        self._size = size
+        self._normalization = normalization
+        self._normalize_concatenation = normalize_concatenation
+        self.image_size = tf.Variable(size, trainable=False, dtype=tf.int32, name="image_size")
+        self.embedding_size = tf.Variable(sum(int(m.output_shape[-1]) for m in models),
+                                          trainable=False, dtype=tf.int32, name="embedding_size")
+        self.num_models = tf.Variable(len(models), trainable=False, dtype=tf.int32,
+                                      name="num_models")
+        self.serve = tf.function(
+            self._serve,
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+        self.serve_cropped = tf.function(
+            self._embed,
+            input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
-    def serve(self, images):
-        batch = eval_preprocess(images, self.image_size)
-        parts = [tf.math.l2_normalize(tf.cast(m(batch, training=False), tf.float32), axis=-1)
+    def _embed(self, images):
+        parts = [_normalize(tf.cast(m(images, training=False), tf.float32), self._normalization)
                  for m in self.models]
-        return {"embeddings": tf.concat(parts, axis=-1)}
+        embeddings = tf.concat(parts, axis=-1) if len(parts) > 1 else parts[0]
+        if self._normalize_concatenation:
+            embeddings = tf.math.l2_normalize(embeddings, axis=-1)
+        return {OUTPUT_KEY: embeddings}
+
+    def _serve(self, images):
+        return self._embed(eval_preprocess(images, self._size))
 
 
-def export_embedder(model_or_models, export_dir):
-    """Writes the SavedModel embedder; returns ``export_dir``.
+def export_embedder(model_or_models, export_dir, normalization="l2",
+                    normalize_concatenation=False):
+    """Writes a SavedModel embedder (see the module docstring); returns ``export_dir``.
 
     Args:
-      model_or_models: one embedding model or a list of them (concatenated, SPEC §6).
-      export_dir: folder to write (created; an existing SavedModel there is replaced).
+      model_or_models: an embedding model (RGB float ``[N, S, S, 3]`` 0..255 -> raw ``[N, d]``)
+        or a list of them with one S (their normalized embeddings are concatenated: D = sum d).
+      export_dir: folder to write (created; files of an earlier export there are replaced).
+      normalization: "l2" (unit length, default) or "lipschitz" (``x / max(||x||, 1)``),
+        applied to each model's embedding.
+      normalize_concatenation: also scale each concatenated row to unit norm (MLRC's tester).
+    Returns:
+      ``export_dir``. Its "serving_default" signature: uint8 ``images [N, H, W, 3]`` ->
+      ``{"embeddings": float32 [N, D]}``.
     """
-    models = list(model_or_models) if isinstance(model_or_models, (list, tuple)) else [model_or_models]
+    if isinstance(model_or_models, (list, tuple)):
+        models = list(model_or_models)
+    else:
+        models = [model_or_models]
     if not models:
         raise ValueError("export_embedder needs at least one model")
-    module = _Embedder(models)
-    tf.saved_model.save(module, export_dir, signatures={"serving_default": module.serve})
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    module = _Embedder(models, normalization, bool(normalize_concatenation))
+    export_dir = os.fspath(export_dir)
+    signatures = {SERVING_KEY: module.serve.get_concrete_function(),
+                  CROPPED_KEY: module.serve_cropped.get_concrete_function()}
+    tf.saved_model.save(module, export_dir, signatures=signatures)
     return export_dir
 
 
+class LoadedEmbedder:
+    """An exported embedder, reloaded: call it on uint8 images ``[N, H, W, 3]``.
+
+    Attributes:
+      image_size: S, the crop side of the evaluation preprocessing.
+      embedding_size: D.
+      num_models: how many models are concatenated.
+    """
+
+    def __init__(self, export_dir):
+        export_dir = os.fspath(export_dir)
+        if not os.path.isfile(os.path.join(export_dir, "saved_model.pb")):
+            raise FileNotFoundError(f"no SavedModel at {export_dir!r} (expected the folder "
+                                    "written by ccp.export.export_embedder)")
+        self._loaded = tf.saved_model.load(export_dir)
+        if SERVING_KEY not in self._loaded.signatures:
+            raise ValueError(f"the SavedModel at {export_dir!r} has no {SERVING_KEY!r} signature")
+        self._serve = self._loaded.signatures[SERVING_KEY]
+        self._cropped = self._loaded.signatures.get(CROPPED_KEY)
+        self.image_size = int(self._loaded.image_size.numpy())
+        self.embedding_size = int(self._loaded.embedding_size.numpy())
+        self.num_models = int(self._loaded.num_models.numpy())
+
+    def __call__(self, images):
+        """uint8 ``[N, H, W, 3]`` -> float32 numpy ``[N, D]``."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8:
+            raise TypeError(f"expected uint8 images (0..255), got dtype {images.dtype}")
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected images [N, H, W, 3], got shape {images.shape}")
+        return self._serve(images=tf.constant(images))[OUTPUT_KEY].numpy()
+
+    def embed_cropped(self, crops):
+        """Preprocessed float32 crops ``[N, S, S, 3]`` (0..255) -> float32 numpy ``[N, D]``."""
+        crops = tf.convert_to_tensor(crops, tf.float32)
+        if crops.shape.rank != 4 or tuple(crops.shape[1:]) != (self.image_size,) * 2 + (3,):
+            raise ValueError(f"expected crops [N, {self.image_size}, {self.image_size}, 3], got "
+                             f"shape {tuple(crops.shape)}")
+        return self._cropped(images=crops)[OUTPUT_KEY].numpy()
+
+
 def load_embedder(export_dir):
-    """Loads an exported embedder: returns ``f(uint8 images [N, H, W, 3]) -> np [N, D]``."""
-    if not os.path.isdir(export_dir):
-        raise FileNotFoundError(f"no SavedModel folder at {export_dir!r}")
-    serving = tf.saved_model.load(export_dir).signatures["serving_default"]
+    """Reloads an exported embedder: ``f(uint8 images [N, H, W, 3]) -> np.float32 [N, D]``.
 
-    def embed(images):
-        return serving(images=tf.convert_to_tensor(images, tf.uint8))["embeddings"].numpy()
-
-    return embed
+    The returned :class:`LoadedEmbedder` also has ``image_size``, ``embedding_size`` and
+    ``embed_cropped``.
+    """
+    return LoadedEmbedder(export_dir)
 
 
 def list_images(folder):
-    """Sorted image files (jpg/jpeg/png) below ``folder``."""
+    """Sorted paths of the .jpg/.jpeg/.png files below ``folder`` (recursive)."""
+    folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder {folder!r} does not exist")
     found = sorted(
@@ -110,43 +227,66 @@ def list_images(folder):
     return found
 
 
-def _read_image(path):
+def read_image(path):
+    """Decodes an image file to uint8 RGB ``[H, W, 3]``; ValueError naming an unreadable file."""
     try:
-        data = tf.io.read_file(path)
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, dtype=tf.uint8,
+                                   expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
-        raise ValueError(f"cannot decode image {path}: {error.message}") from None
-    return image.numpy()
+        raise ValueError(f"cannot read image {path}: {error.message}") from None
+    return image
 
 
-def embed_folder(export_dir, folder):
-    """Embeds every image of ``folder`` (one at a time through the signature: sizes differ).
+def embed_folder(export_dir, folder, batch_size=64):
+    """Embeds every image below ``folder`` with an exported embedder.
 
-    Returns ``(embeddings float32 [N, D], paths [N])``.
+    Each image is decoded and preprocessed on its own (sizes differ), then the crops run
+    through the model in batches of ``batch_size`` ("serving_cropped"; the same computation as
+    "serving_default").
+
+    Returns:
+      ``(embeddings float32 [N, D], paths [N])``, rows in sorted path order.
     """
-    embed = load_embedder(export_dir)
+    _check_positive_int(batch_size, "batch_size")
+    embedder = load_embedder(export_dir)
     paths = list_images(folder)
-    rows = [embed(_read_image(path)[None])[0] for path in paths]
-    return np.stack(rows).astype(np.float32), paths
+    rows, crops = [], []
+    for index, path in enumerate(paths):
+        crops.append(eval_preprocess(read_image(path)[None], embedder.image_size)[0])
+        if len(crops) == batch_size or index == len(paths) - 1:
+            rows.append(embedder.embed_cropped(tf.stack(crops)))
+            crops = []
+    return np.concatenate(rows).astype(np.float32), paths
+
+
+def _check_positive_int(value, what):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{what} must be a positive int, got {value!r}")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m ccp.export", description=__doc__.split("\n")[0])
+    """``python -m ccp.export embed --model DIR --images FOLDER --out emb.npy``."""
+    parser = argparse.ArgumentParser(prog="python -m ccp.export",
+                                     description="Embed images with an exported ccp embedder.")
     sub = parser.add_subparsers(dest="command", required=True)
-    embed = sub.add_parser("embed", help="embed a folder of images with an exported embedder")
-    embed.add_argument("--model", required=True, help="SavedModel folder written by export_embedder")
+    embed = sub.add_parser("embed", help="embed a folder of images (recursively, sorted)")
+    embed.add_argument("--model", required=True, help="SavedModel folder from export_embedder")
     embed.add_argument("--images", required=True, help="folder of .jpg/.jpeg/.png images")
-    embed.add_argument("--out", required=True, help="output .npy file ([N, D] float32)")
+    embed.add_argument("--out", required=True,
+                       help="output .npy ([N, D] float32); the paths go to the same name .txt")
+    embed.add_argument("--batch_size", type=int, default=64, help="images per model call")
     args = parser.parse_args(argv)
+    out = args.out if args.out.endswith(".npy") else args.out + ".npy"
     try:
-        embeddings, paths = embed_folder(args.model, args.images)
-    except (FileNotFoundError, ValueError) as error:
+        embeddings, paths = embed_folder(args.model, args.images, args.batch_size)
+    except (FileNotFoundError, ValueError, TypeError) as error:
         parser.exit(2, f"error: {error}\n")
-    np.save(args.out, embeddings)
-    listing = os.path.splitext(args.out)[0] + ".txt"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    np.save(out, embeddings)
+    listing = out[: -len(".npy")] + ".txt"
     with open(listing, "w") as handle:
-        handle.write("\n".join(paths) + "\n")
-    print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {args.out} "
+        handle.write("".join(f"{path}\n" for path in paths))
+    print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {out} "
           f"(row order in {listing})")
     return 0
 

@@ -1,6 +1,24 @@
-"""Embedding models (SPEC §1): backbones and the embedding-model builder."""
-from ccp.models.embedding import BACKBONES, build_embedding_model, freeze_batchnorm, model_image_size
+"""Embedding models (SPEC §1): backbones and the embedding-model builder.
+
+``build_embedding_model(backbone=..., embedding_size=128, weights=None, ...)`` is the entry
+point; the backbones live in ``bn_inception``, ``resnet`` and ``small_cnn``.
+"""
+from ccp.models.embedding import (
+    BACKBONES,
+    Backbone,
+    batchnorm_layers,
+    build_embedding_model,
+    freeze_batchnorm,
+    model_image_size,
+)
 from ccp.models.preprocessing import InputNormalization
 
-__all__ = ["BACKBONES", "InputNormalization", "build_embedding_model", "freeze_batchnorm",
-           "model_image_size"]
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "InputNormalization",
+    "batchnorm_layers",
+    "build_embedding_model",
+    "freeze_batchnorm",
+    "model_image_size",
+]

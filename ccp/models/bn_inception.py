@@ -1,29 +1,50 @@
 """BN-Inception (Inception-v2 with batch normalization), the backbone of the paper (SPEC §1).
 
 Layer names and weight shapes follow the widely distributed Caffe-converted ImageNet checkpoint
-(``bn_inception-52deb4733.pth``): every convolution ``NAME`` (with bias) is followed by
-``NAME_bn`` (BatchNormalization, epsilon 1e-5) and a ReLU. Caffe's arithmetic is reproduced
-exactly: explicit symmetric zero padding before convolutions, ceil-mode max pooling (extra
-bottom/right padding; zeros act as -inf after a ReLU) and average pooling that counts the padded
-zeros (``count_include_pad``).
+(PyTorch ``bn_inception-52deb4733.pth``): every convolution ``NAME`` (with bias) is followed by
+``NAME_bn`` (BatchNormalization, epsilon 1e-5) and a ReLU. The checkpoint's arithmetic is
+reproduced exactly:
 
-Weights load from a local file: ``.npz`` with keys ``"LAYER/kernel"``, ``"LAYER/bias"``,
-``"LAYER_bn/gamma"``, ``"LAYER_bn/beta"``, ``"LAYER_bn/moving_mean"``,
-``"LAYER_bn/moving_variance"`` (kernels HWIO), or a Keras ``.h5``/``.weights.h5`` of this model.
-``scripts/convert_bn_inception_pth.py`` converts the PyTorch checkpoint to that ``.npz``.
+- convolutions pad explicitly and symmetrically (``ZeroPadding2D`` + "valid"), as Caffe/PyTorch
+  do, instead of TF's asymmetric "same" padding for stride 2;
+- max pooling is ceil-mode: the last window may hang over the bottom/right border. That is
+  implemented as extra bottom/right zero padding, exact because every pooled tensor here is a
+  ReLU output (>= 0), so a padded zero never wins over a real value;
+- the 3x3/stride-1 average pooling of the inception blocks counts the padded zeros
+  (``count_include_pad=True``), hence explicit zero padding + "valid" average pooling.
+
+The stride-2 blocks (inception_3c, inception_4e) concatenate a stride-2 convolution branch with
+a ceil-mode pooling branch; the two agree in size only for an even input, so not every image
+size works (227 and 224 do; see :func:`feature_map_sizes`).
+
+Weights load from a local file with :func:`load_weights`, matched by layer name:
+- ``.npz`` with keys ``"LAYER/WEIGHT"``: ``conv1_7x7_s2/kernel`` (HWIO), ``conv1_7x7_s2/bias``,
+  ``conv1_7x7_s2_bn/gamma``, ``.../beta``, ``.../moving_mean``, ``.../moving_variance``
+  (``scripts/convert_bn_inception_pth.py`` writes it from the PyTorch checkpoint);
+- ``.h5`` written with h5py in the same layout (a group per layer, a dataset per weight);
+- a Keras-written ``.h5`` (Keras 2 ``layer_names``/``weight_names`` layout, also inside a
+  full-model file's ``model_weights`` group) or Keras 3 ``.weights.h5`` of this backbone.
+Missing, unexpected or mis-shaped entries raise a ValueError that lists them.
 """
 import math
 import os
 
+import h5py
 import keras
 import numpy as np
 
 BN_EPSILON = 1e-5
+# PyTorch's BatchNorm momentum 0.1 is Keras' 0.9 (moving = 0.9 * moving + 0.1 * batch).
+BN_MOMENTUM = 0.9
+NUM_FEATURES = 1024
 DEFAULT_WEIGHTS_FILE = "bn_inception_imagenet.npz"
+WEIGHTS_DIR_ENV = "CCP_WEIGHTS_DIR"
 
-# Inception blocks: (name, 1x1, (3x3 reduce, 3x3), (double reduce, double 1, double 2),
-#                    pool type, pool projection, stride). Stride-2 blocks have no 1x1 branch
-# and no pool projection (their pool branch is a stride-2 max pool).
+# Inception blocks of the checkpoint:
+#   (name, 1x1, (3x3 reduce, 3x3), (double 3x3 reduce, double 3x3 #1, double 3x3 #2),
+#    pool type, pool projection, stride).
+# Stride-2 blocks have no 1x1 branch and no pool projection: their pool branch is a ceil-mode
+# 3x3/stride-2 max pool of the block input.
 INCEPTION_BLOCKS = (
     ("inception_3a", 64, (64, 64), (64, 96, 96), "avg", 32, 1),
     ("inception_3b", 64, (64, 96), (64, 96, 96), "avg", 64, 1),
@@ -38,20 +59,61 @@ INCEPTION_BLOCKS = (
 )
 
 
+def _ceil_pool_size(size, pool=3, stride=2):
+    return math.ceil((size - pool) / stride) + 1
+
+
+def feature_map_sizes(image_size):
+    """Spatial sizes of BN-Inception for a square input of side ``image_size``.
+
+    Returns:
+      dict with the sides after ``conv1`` (7x7/2), ``pool1``, ``pool2`` (= the inception_3c
+      input), ``inception_3c``, ``inception_4e`` (= the output side).
+    Raises:
+      ValueError: the size does not fit the network (a stride-2 block gets an odd input, whose
+        convolution and ceil-mode pooling branches differ in size), with nearby sizes that do.
+    """
+    sizes = _feature_map_sizes(image_size)
+    if sizes is None:
+        valid = [s for s in range(max(image_size - 16, 1), image_size + 17)
+                 if _feature_map_sizes(s) is not None]
+        raise ValueError(
+            f"BN-Inception cannot take {image_size}x{image_size} images: the stride-2 inception "
+            "blocks (3c, 4e) need an even input side. Nearby sizes that work: "
+            f"{', '.join(str(s) for s in valid)} (227 and 224 are the usual ones)."
+        )
+    return sizes
+
+
+def _feature_map_sizes(image_size):
+    if image_size < 16:
+        return None
+    conv1 = (image_size + 2 * 3 - 7) // 2 + 1
+    pool1 = _ceil_pool_size(conv1)
+    pool2 = _ceil_pool_size(pool1)
+    if pool2 % 2:
+        return None
+    block3c = pool2 // 2
+    if block3c % 2:
+        return None
+    return {"conv1": conv1, "pool1": pool1, "pool2": pool2, "inception_3c": block3c,
+            "inception_4e": block3c // 2}
+
+
 def _conv_bn_relu(x, filters, kernel, name, stride=1, pad=0):
     if pad:
         x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
     x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="valid", name=name)(x)
-    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.9, name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM,
+                                        name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
 def _ceil_max_pool(x, name, pool=3, stride=2):
-    """Caffe ceil-mode max pooling without padding (inputs are >= 0: zero padding is -inf)."""
+    """Ceil-mode max pooling without padding; ``x`` must be >= 0 (a ReLU output)."""
     size = x.shape[1]
-    out = math.ceil((size - pool) / stride) + 1
-    extra = max((out - 1) * stride + pool - size, 0)
-    if extra:
+    extra = (_ceil_pool_size(size, pool, stride) - 1) * stride + pool - size
+    if extra > 0:
         x = keras.layers.ZeroPadding2D(((0, extra), (0, extra)), name=f"{name}_pad")(x)
     return keras.layers.MaxPooling2D(pool, stride, padding="valid", name=name)(x)
 
@@ -70,21 +132,30 @@ def _inception_block(x, spec):
         branches.append(_ceil_max_pool(x, f"{name}_pool"))
     else:
         p = keras.layers.ZeroPadding2D(1, name=f"{name}_pool_pad")(x)
-        if pool_type == "avg":
-            p = keras.layers.AveragePooling2D(3, 1, padding="valid", name=f"{name}_pool")(p)
-        else:
-            p = keras.layers.MaxPooling2D(3, 1, padding="valid", name=f"{name}_pool")(p)
+        pool_layer = (keras.layers.AveragePooling2D if pool_type == "avg"
+                      else keras.layers.MaxPooling2D)
+        p = pool_layer(3, 1, padding="valid", name=f"{name}_pool")(p)
         branches.append(_conv_bn_relu(p, proj, 1, f"{name}_pool_proj"))
     return keras.layers.Concatenate(name=f"{name}_output")(branches)
 
 
 def bn_inception(input_shape=(227, 227, 3), name="bn_inception"):
-    """BN-Inception feature extractor: ``[N, H, W, 3] -> [N, h, w, 1024]``.
+    """BN-Inception feature extractor (no classifier), randomly initialized.
 
     Args:
-      input_shape: ``(H, W, 3)`` of the BGR mean-subtracted input (see InputNormalization).
+      input_shape: ``(S, S, 3)``: BGR, 0..255 minus the per-channel mean (the model's
+        ``InputNormalization("bn_inception")`` produces it). S must pass
+        :func:`feature_map_sizes` (227 -> 7x7 output).
+      name: model name.
+    Returns:
+      keras.Model ``[N, S, S, 3] -> [N, s, s, 1024]`` (s = 7 for S = 227).
     """
-    inputs = keras.Input(input_shape)
+    input_shape = tuple(int(d) for d in input_shape)
+    if len(input_shape) != 3 or input_shape[2] != 3 or input_shape[0] != input_shape[1]:
+        raise ValueError(f"BN-Inception needs a square RGB input shape (S, S, 3), got "
+                         f"{input_shape}")
+    feature_map_sizes(input_shape[0])
+    inputs = keras.Input(input_shape, name="bgr_images")
     x = _conv_bn_relu(inputs, 64, 7, "conv1_7x7_s2", stride=2, pad=3)
     x = _ceil_max_pool(x, "pool1_3x3_s2")
     x = _conv_bn_relu(x, 64, 1, "conv2_3x3_reduce")
@@ -104,7 +175,7 @@ def _weight_names(layer):
 
 
 def weight_arrays(model):
-    """``{"LAYER/weight": array}`` of every conv and BN layer (the .npz checkpoint format)."""
+    """``{"LAYER/WEIGHT": np.ndarray}`` of every conv and BN layer (the checkpoint layout)."""
     arrays = {}
     for layer in model.layers:
         for key, value in zip(_weight_names(layer), layer.get_weights()):
@@ -113,47 +184,119 @@ def weight_arrays(model):
 
 
 def default_weights_path():
-    folder = os.environ.get("CCP_WEIGHTS_DIR", os.path.join(os.path.expanduser("~"), ".keras", "models"))
+    """Where ``weights="imagenet"`` looks: ``$CCP_WEIGHTS_DIR`` or ``~/.keras/models``."""
+    folder = os.environ.get(WEIGHTS_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".keras",
+                                                             "models")
     return os.path.join(folder, DEFAULT_WEIGHTS_FILE)
 
 
 def resolve_weights_path(weights):
-    """'imagenet' -> the converted checkpoint's default location; a path is checked."""
-    path = default_weights_path() if weights == "imagenet" else str(weights)
+    """``"imagenet"`` -> the converted checkpoint's default location; a path must exist."""
+    path = default_weights_path() if weights == "imagenet" else os.fspath(weights)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"BN-Inception weight file {path!r} not found. Convert the PyTorch checkpoint "
-            "bn_inception-52deb4733.pth with `python scripts/convert_bn_inception_pth.py "
-            f"CHECKPOINT.pth {default_weights_path()}` (or set $CCP_WEIGHTS_DIR), pass another "
-            "file with --weights=PATH, or train from scratch with --weights=none."
+            f"BN-Inception weight file {path!r} not found. This machine downloads nothing: get "
+            "the PyTorch ImageNet checkpoint bn_inception-52deb4733.pth, convert it with "
+            f"`python scripts/convert_bn_inception_pth.py bn_inception-52deb4733.pth "
+            f"{default_weights_path()}` (the folder is ${WEIGHTS_DIR_ENV} or ~/.keras/models) "
+            "and use weights='imagenet', or pass the path of a .npz/.h5 weight file, or "
+            "weights=None to train from scratch."
         )
     return path
 
 
-def load_weights(model, path):
-    """Loads an .npz (``LAYER/weight`` keys) or Keras .h5 checkpoint into ``model``.
+def _strip_suffix(name):
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return name.split(":")[0]
 
-    Raises ValueError listing missing, unexpected or mis-shaped entries.
+
+def _read_h5(path, model):
+    """Reads an h5 weight file into ``{"LAYER/WEIGHT": array}`` (see the module docstring)."""
+    arrays = {}
+    with h5py.File(path, "r") as handle:
+        root = handle["model_weights"] if "model_weights" in handle else handle
+        if "layer_names" in root.attrs:  # Keras 2 (legacy) layout
+            for layer_name in root.attrs["layer_names"]:
+                layer_name = _strip_suffix(layer_name)
+                group = root[layer_name]
+                for weight_name in group.attrs.get("weight_names", []):
+                    if isinstance(weight_name, bytes):
+                        weight_name = weight_name.decode()
+                    short = _strip_suffix(weight_name).split("/")[-1]
+                    arrays[f"{layer_name}/{short}"] = np.asarray(group[weight_name])
+            return arrays
+        if "layers" in root and "vars" in root:  # Keras 3 .weights.h5: layers/<auto>/vars/<i>
+            by_name = {layer.name: layer for layer in model.layers}
+
+            def visit(_, item):
+                if isinstance(item, h5py.Group) and item.name.endswith("/vars") and len(item):
+                    layer_name = _strip_suffix(item.attrs.get("name", item.name))
+                    names = _weight_names(by_name[layer_name]) if layer_name in by_name else ()
+                    for index in sorted(item, key=int):
+                        key = names[int(index)] if int(index) < len(names) else index
+                        arrays[f"{layer_name}/{key}"] = np.asarray(item[index])
+
+            root.visititems(visit)
+            return arrays
+
+        def visit_plain(name, item):  # h5py layout: LAYER/WEIGHT datasets
+            if isinstance(item, h5py.Dataset):
+                arrays[_strip_suffix(name)] = np.asarray(item)
+
+        root.visititems(visit_plain)
+    return arrays
+
+
+def read_weight_file(path, model=None):
+    """Reads a BN-Inception weight file into ``{"LAYER/WEIGHT": np.ndarray}``.
+
+    Args:
+      path: ``.npz`` or ``.h5`` / ``.hdf5`` / ``.weights.h5`` file (formats: module docstring).
+      model: the model to load into (needed to name the unnamed variables of a Keras 3 file).
     """
-    if not path.endswith(".npz"):
-        model.load_weights(path)
-        return model
-    with np.load(path) as stored:
-        stored = dict(stored)
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"BN-Inception weight file {path!r} does not exist")
+    if path.endswith(".npz"):
+        with np.load(path) as stored:
+            return {key: stored[key] for key in stored.files}
+    if path.endswith((".h5", ".hdf5")):
+        return _read_h5(path, model if model is not None else bn_inception((64, 64, 3)))
+    raise ValueError(f"BN-Inception weight file {path!r}: expected a .npz or .h5 file")
+
+
+def _show(items, limit=10):
+    return ", ".join(items[:limit]) + (f" ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def load_weights(model, path):
+    """Loads a BN-Inception weight file into ``model`` by layer name.
+
+    Args:
+      model: a model built by :func:`bn_inception` (any valid input size: weights do not
+        depend on it).
+      path: weight file (formats in the module docstring).
+    Returns:
+      ``model``.
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: the file's entries do not match the model; the message lists the missing,
+        unexpected and mis-shaped ones.
+    """
+    stored = read_weight_file(path, model)
     expected = weight_arrays(model)
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(expected))
     mismatched = sorted(
-        f"{k}: file {stored[k].shape} vs model {expected[k].shape}"
-        for k in set(expected) & set(stored) if stored[k].shape != expected[k].shape
+        f"{key}: file {tuple(stored[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in set(expected) & set(stored) if stored[key].shape != expected[key].shape
     )
     if missing or unexpected or mismatched:
-        def show(items):
-            return ", ".join(items[:8]) + (f" ... ({len(items)} in all)" if len(items) > 8 else "")
         raise ValueError(
-            f"BN-Inception weight file {path} does not match the model: "
-            f"missing [{show(missing)}], unexpected [{show(unexpected)}], "
-            f"mismatched [{show(mismatched)}]"
+            f"BN-Inception weight file {os.fspath(path)!r} does not match the model "
+            f"({len(expected)} arrays expected as 'LAYER/WEIGHT', e.g. 'conv1_7x7_s2/kernel'): "
+            f"missing [{_show(missing)}]; unexpected [{_show(unexpected)}]; "
+            f"mismatched [{_show(mismatched)}]"
         )
     for layer in model.layers:
         names = _weight_names(layer)
@@ -162,34 +305,38 @@ def load_weights(model, path):
     return model
 
 
-_TORCH_BN_KEYS = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
-                  "running_var": "moving_variance"}
+_TORCH_BN_FIELDS = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
+                    "running_var": "moving_variance"}
 
 
 def from_torch_state_dict(state_dict):
-    """Maps the PyTorch checkpoint's arrays to this module's ``.npz`` layout.
+    """Maps the PyTorch checkpoint's arrays to the ``.npz`` layout of :func:`load_weights`.
 
     Args:
-      state_dict: ``{"conv1_7x7_s2.weight": array OIHW, "conv1_7x7_s2_bn.running_mean": ...}``
-        as numpy arrays (the classifier ``last_linear.*`` and ``num_batches_tracked`` entries
-        are dropped).
+      state_dict: ``{"conv1_7x7_s2.weight": array [O, I, kh, kw], "conv1_7x7_s2.bias": [O],
+        "conv1_7x7_s2_bn.weight"/"bias"/"running_mean"/"running_var": [O], ...}`` as numpy
+        arrays. The classifier (``last_linear.*`` / ``fc.*``) and ``num_batches_tracked``
+        entries are dropped.
     Returns:
-      ``{"conv1_7x7_s2/kernel": array HWIO, "conv1_7x7_s2_bn/moving_mean": ..., ...}``.
+      ``{"conv1_7x7_s2/kernel": array [kh, kw, I, O], "conv1_7x7_s2_bn/moving_mean": ..., ...}``
+      as float32.
+    Raises:
+      ValueError: an entry that is neither a convolution nor a BatchNorm weight.
     """
     arrays = {}
     for key, value in state_dict.items():
         layer, _, field = key.rpartition(".")
-        if layer.startswith("last_linear") or field == "num_batches_tracked":
+        if layer.startswith(("last_linear", "fc")) or field == "num_batches_tracked":
             continue
         value = np.asarray(value, np.float32)
         if layer.endswith("_bn"):
-            if field not in _TORCH_BN_KEYS:
+            if field not in _TORCH_BN_FIELDS:
                 raise ValueError(f"unexpected BatchNorm entry {key!r} in the checkpoint")
-            arrays[f"{layer}/{_TORCH_BN_KEYS[field]}"] = value
-        elif field == "weight":
+            arrays[f"{layer}/{_TORCH_BN_FIELDS[field]}"] = value
+        elif field == "weight" and value.ndim == 4:
             arrays[f"{layer}/kernel"] = np.transpose(value, (2, 3, 1, 0))  # OIHW -> HWIO
-        elif field == "bias":
+        elif field == "bias" and value.ndim == 1:
             arrays[f"{layer}/bias"] = value
         else:
-            raise ValueError(f"unexpected entry {key!r} in the checkpoint")
+            raise ValueError(f"unexpected entry {key!r} with shape {value.shape} in the checkpoint")
     return arrays

@@ -1,9 +1,18 @@
-"""Embedding model: input normalization -> backbone -> global pooling -> Dense(D) "embedding".
+"""Embedding model (SPEC §1): input normalization -> backbone -> global pooling -> Dense(D).
 
-The model takes RGB float32 images ``[N, S, S, 3]`` with values in 0..255 and returns the RAW
-embedding ``[N, D]`` (SPEC §1): losses and evaluation normalize it themselves.
+The model takes RGB float32 images ``[N, S, S, 3]`` with values 0..255 and returns the RAW
+embedding ``[N, D]``: losses and evaluation normalize it themselves. Layers, in order:
+``images`` (Input) -> ``input_normalization`` (the backbone's input convention, a serializable
+ccp layer) -> the backbone (a nested keras.Model named after it) -> ``global_pooling``
+(``ccp.layers.GlobalPooling``) -> ``embedding`` (Dense(D), float32 even under mixed precision).
+
+The input side S (the model's static input shape) is what the evaluation preprocessing and the
+exporter need: :func:`model_image_size` reads it back.
 """
+import dataclasses
+import numbers
 import os
+from typing import Callable
 
 import keras
 
@@ -12,6 +21,24 @@ from ccp.models import bn_inception as bn_inception_lib
 from ccp.models import resnet as resnet_lib
 from ccp.models import small_cnn as small_cnn_lib
 from ccp.models.preprocessing import InputNormalization
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """A registered backbone.
+
+    Attributes:
+      build: ``build(input_shape, weights) -> keras.Model [N, S, S, 3] -> [N, s, s, F]``;
+        ``weights`` is None, "imagenet" or a path (already validated as a string).
+      convention: the ``InputNormalization`` convention its input needs.
+      default_image_size: S when the caller gives none.
+      num_features: F, the channels of its output feature map.
+    """
+
+    build: Callable
+    convention: str
+    default_image_size: int
+    num_features: int
 
 
 def _build_bn_inception(input_shape, weights):
@@ -26,27 +53,58 @@ def _build_resnet50(input_shape, weights):
 
 
 def _build_small_cnn(input_shape, weights):
-    if weights is not None:
-        raise ValueError("small_cnn has no pretrained weights: use weights=None")
-    return small_cnn_lib.small_cnn(input_shape)
+    return small_cnn_lib.small_cnn(input_shape, weights=weights)
 
 
-# name -> (builder(input_shape, weights), input convention, default image size)
 BACKBONES = {
-    "bn_inception": (_build_bn_inception, "bn_inception", 227),
-    "resnet50": (_build_resnet50, "resnet50", 227),
-    "small_cnn": (_build_small_cnn, "unit", 32),
+    "bn_inception": Backbone(_build_bn_inception, "bn_inception", 227,
+                             bn_inception_lib.NUM_FEATURES),
+    "resnet50": Backbone(_build_resnet50, "resnet50", 227, resnet_lib.NUM_FEATURES),
+    "small_cnn": Backbone(_build_small_cnn, "unit", 32, small_cnn_lib.DEFAULT_WIDTHS[-1]),
 }
 
 
-def freeze_batchnorm(model):
-    """Makes every BatchNormalization layer non-trainable (Keras 3: inference mode, SPEC §1)."""
-    count = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+def batchnorm_layers(model):
+    """Every ``keras.layers.BatchNormalization`` inside ``model``, nested models included."""
+    found = []
+    for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
-            count += 1
-    return count
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found.extend(batchnorm_layers(layer))
+    return found
+
+
+def freeze_batchnorm(model):
+    """Freezes every BatchNormalization layer of ``model`` (SPEC §1); returns how many.
+
+    In Keras 3 a BatchNormalization layer with ``trainable=False`` runs in inference mode even
+    when called with ``training=True``: it normalizes with its moving statistics, does not
+    update them, and its gamma/beta are not trainable variables.
+    """
+    layers = batchnorm_layers(model)
+    for layer in layers:
+        layer.trainable = False
+    return len(layers)
+
+
+_freeze_batchnorm = freeze_batchnorm  # build_embedding_model's argument shadows the name
+
+
+def _check_weights(weights):
+    if weights is None or weights == "imagenet":
+        return weights
+    if isinstance(weights, str) and weights.lower() in ("none", ""):
+        return None
+    if isinstance(weights, (str, os.PathLike)):
+        return os.fspath(weights)
+    raise TypeError(f"weights must be None, 'imagenet' or a file path, got {weights!r}")
+
+
+def _check_positive_int(value, what):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{what} must be a positive int, got {value!r}")
+    return int(value)
 
 
 def build_embedding_model(backbone="bn_inception", embedding_size=128, weights=None,
@@ -54,52 +112,57 @@ def build_embedding_model(backbone="bn_inception", embedding_size=128, weights=N
     """Builds the embedding model of SPEC §1.
 
     Args:
-      backbone: "bn_inception", "resnet50" or "small_cnn".
-      embedding_size: D.
-      weights: None (random init), "imagenet", or a local weight file of the backbone.
-      pooling: "avg", "max" or "avg+max" (sum of both).
-      freeze_batchnorm: freeze the backbone's BatchNorm layers; default True exactly when
-        pretrained weights are loaded.
-      image_size: input side S (default 227, or 32 for small_cnn).
-      name: model name.
+      backbone: a key of :data:`BACKBONES`: "bn_inception", "resnet50" or "small_cnn".
+      embedding_size: D, units of the Dense "embedding" layer.
+      weights: None (random init, train from scratch), "imagenet" (BN-Inception: the converted
+        checkpoint at ``$CCP_WEIGHTS_DIR/bn_inception_imagenet.npz`` or
+        ``~/.keras/models/...``; ResNet-50: Keras' download), or the path of a local weight file
+        of the backbone (BN-Inception .npz/.h5, ResNet-50 .h5/.weights.h5, small CNN
+        .weights.h5). The string "none" means None.
+      pooling: "avg", "max" or "avg+max" (the sum of both).
+      freeze_batchnorm: freeze the backbone's BatchNorm layers (inference mode, not trained);
+        None = True exactly when pretrained weights are loaded.
+      image_size: the input side S; None = 227 for the ImageNet backbones, 32 for small_cnn.
+      name: model name; None = "<backbone>_embedding".
     Returns:
-      keras.Model: RGB float32 ``[N, S, S, 3]`` (0..255) -> raw embeddings float32 ``[N, D]``.
+      keras.Model: RGB float32 images ``[N, S, S, 3]`` (values 0..255) -> raw embeddings
+      float32 ``[N, D]``.
+    Raises:
+      ValueError / TypeError: an unknown backbone or pooling, or a malformed argument.
+      FileNotFoundError: a weight file that does not exist (the message says where to put it).
     """
-    return _build(backbone, embedding_size, weights, pooling, freeze_batchnorm, image_size, name)
-
-
-def _build(backbone, embedding_size, weights, pooling, freeze_bn, image_size, name):
     if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
-    if isinstance(weights, str) and weights.lower() == "none":
-        weights = None
-    if isinstance(weights, os.PathLike):
-        weights = os.fspath(weights)
-    if embedding_size < 1:
-        raise ValueError(f"embedding_size must be >= 1, got {embedding_size}")
-    build, convention, default_size = BACKBONES[backbone]
-    size = int(image_size or default_size)
-    inputs = keras.Input((size, size, 3), name="images")
-    normalized = InputNormalization(convention, name="input_normalization")(inputs)
-    features_model = build(normalized.shape[1:], weights)
-    if freeze_bn is None:
-        freeze_bn = weights is not None
-    if freeze_bn:
-        freeze_batchnorm(features_model)
+        raise ValueError(f"unknown backbone {backbone!r}; valid: {', '.join(sorted(BACKBONES))}")
+    spec = BACKBONES[backbone]
+    embedding_size = _check_positive_int(embedding_size, "embedding_size")
+    weights = _check_weights(weights)
+    if pooling not in ccp_layers.POOLING_MODES:
+        raise ValueError(f"pooling must be one of {ccp_layers.POOLING_MODES}, got {pooling!r}")
+    if freeze_batchnorm not in (None, True, False):
+        raise TypeError(f"freeze_batchnorm must be None, True or False, got {freeze_batchnorm!r}")
+    size = _check_positive_int(spec.default_image_size if image_size is None else image_size,
+                               "image_size")
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a string, got {name!r}")
+
+    inputs = keras.Input((size, size, 3), dtype="float32", name="images")
+    normalized = InputNormalization(spec.convention, name="input_normalization")(inputs)
+    features_model = spec.build((size, size, 3), weights)
+    if freeze_batchnorm is None:
+        freeze_batchnorm = weights is not None
+    if freeze_batchnorm:
+        _freeze_batchnorm(features_model)
     features = features_model(normalized)
     pooled = ccp_layers.GlobalPooling(pooling, name="global_pooling")(features)
-    embedding = keras.layers.Dense(embedding_size, name="embedding")(pooled)
-    outputs = keras.layers.Activation("linear", dtype="float32", name="embedding_float32")(embedding)
-    model = keras.Model(inputs, outputs, name=name or f"{backbone}_embedding")
-    return model
+    # float32 even under a mixed-precision policy: losses and metrics get float32 embeddings.
+    embeddings = keras.layers.Dense(embedding_size, dtype="float32", name="embedding")(pooled)
+    return keras.Model(inputs, embeddings, name=name or f"{backbone}_embedding")
 
 
 def model_image_size(model):
-    """The input side S of a model built here (its static input shape)."""
-    shape = model.input_shape
-    if shape[1] is None or shape[1] != shape[2]:
-        raise ValueError(f"expected a square static input shape, got {shape}")
+    """The input side S of an embedding model (from its static input shape ``[N, S, S, 3]``)."""
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
+        raise ValueError(f"expected a model with a square static RGB input [N, S, S, 3], got "
+                         f"input shape {shape}")
     return int(shape[1])
-
-
-__all__ = ["BACKBONES", "build_embedding_model", "freeze_batchnorm", "model_image_size"]

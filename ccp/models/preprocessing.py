@@ -1,10 +1,14 @@
-"""Input normalization layers: models take RGB float images with values in [0, 255]."""
+"""Input normalization: every ccp model takes RGB float images with values in 0..255.
+
+Putting the backbone's input convention inside the model (its first layer) lets the data
+pipelines and the exported SavedModel feed raw pixels, whatever the backbone.
+"""
 import keras
 import tensorflow as tf
 
-# Per-channel means in BGR order of the Caffe-trained BN-Inception (SPEC §6).
+# Per-channel means, BGR order, of the Caffe-trained BN-Inception (0..255 scale, std 1).
 BN_INCEPTION_BGR_MEAN = (104.0, 117.0, 128.0)
-# keras.applications' "caffe" convention (ResNet-50): BGR minus the ImageNet means.
+# keras.applications' "caffe" mode (ResNet-50): BGR minus the ImageNet means, 0..255 scale.
 RESNET_BGR_MEAN = (103.939, 116.779, 123.68)
 
 CONVENTIONS = ("bn_inception", "resnet50", "unit")
@@ -12,11 +16,12 @@ CONVENTIONS = ("bn_inception", "resnet50", "unit")
 
 @keras.saving.register_keras_serializable(package="ccp")
 class InputNormalization(keras.layers.Layer):
-    """RGB ``[N, H, W, 3]`` in 0..255 -> the backbone's expected input.
+    """RGB ``[N, H, W, 3]`` with values 0..255 -> the backbone's input ``[N, H, W, 3]``.
 
     Args:
-      convention: "bn_inception" (BGR, 0-255, minus (104, 117, 128)), "resnet50" (BGR minus
-        the ImageNet means, Keras' "caffe" mode) or "unit" (RGB / 255).
+      convention: "bn_inception": RGB -> BGR, minus (104, 117, 128) (BGR order), 0..255 scale;
+        "resnet50": RGB -> BGR, minus (103.939, 116.779, 123.68), i.e.
+        ``keras.applications.resnet50.preprocess_input``; "unit": ``x / 255`` (RGB).
     """
 
     def __init__(self, convention, **kwargs):
@@ -30,8 +35,7 @@ class InputNormalization(keras.layers.Layer):
         if self.convention == "unit":
             return images / 255.0
         mean = BN_INCEPTION_BGR_MEAN if self.convention == "bn_inception" else RESNET_BGR_MEAN
-        bgr = images[..., ::-1]
-        return bgr - tf.constant(mean, dtype=self.compute_dtype)
+        return images[..., ::-1] - tf.constant(mean, dtype=self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -3,7 +3,8 @@ import os
 
 import keras
 
-DEFAULT_WIDTHS = (32, 64, 128)
+# Narrow enough for ~50 ms training steps on 2 CPU cores (24 images of 32x32).
+DEFAULT_WIDTHS = (16, 32, 64)
 
 
 def small_cnn(input_shape=(32, 32, 3), widths=DEFAULT_WIDTHS, weights=None, name="small_cnn"):

@@ -5,9 +5,14 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 import ccp
+from data_pipelines import augment
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SIZES = [(32, 32), (45, 60), (300, 41), (1, 1)]
 
 
 @pytest.fixture(scope="module")
@@ -16,86 +21,174 @@ def models():
             for i in range(2)]
 
 
-def _expected(model, images):
-    out = model(ccp.export.eval_preprocess(images, 32), training=False).numpy()
-    return out / np.linalg.norm(out, axis=1, keepdims=True)
+@pytest.fixture(scope="module")
+def exports(models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    return {
+        "single": ccp.export.export_embedder(models[0], str(root / "single")),
+        "ensemble": ccp.export.export_embedder(models, root / "ensemble"),
+    }
 
 
-def test_reload_in_a_fresh_process_without_ccp(tmp_path, models):
-    export_dir = str(tmp_path / "single")
-    ccp.export.export_embedder(models[0], export_dir)
-    images = np.random.default_rng(0).integers(0, 256, size=(3, 45, 60, 3)).astype(np.uint8)
-    np.save(tmp_path / "images.npy", images)
-    script = (
-        "import sys, numpy as np, tensorflow as tf\n"
-        "f = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
-        "out = f(images=tf.constant(np.load(sys.argv[2])))['embeddings'].numpy()\n"
-        "assert 'ccp' not in sys.modules\n"
-        "np.save(sys.argv[3], out)\n"
-    )
-    subprocess.run([sys.executable, "-c", script, export_dir, str(tmp_path / "images.npy"),
-                    str(tmp_path / "out.npy")], check=True, cwd=str(tmp_path),
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    reloaded = np.load(tmp_path / "out.npy")
-    np.testing.assert_allclose(reloaded, _expected(models[0], images), atol=1e-5)
+def _uint8(seed, n, height, width):
+    return np.random.default_rng(seed).integers(0, 256, size=(n, height, width, 3)).astype(np.uint8)
 
 
-def test_eval_preprocessing_resizes_the_shorter_side_and_center_crops():
-    # A 20 x 40 image whose left and right quarters differ: after resizing the shorter side to
-    # 36 (72 wide) and cropping 32 x 32 in the center, only the middle half remains.
+def _raw(model, images):
+    """The model's raw embedding of the data pipeline's eval crops (an independent
+    implementation of the SPEC §6 eval preprocessing)."""
+    crops = np.stack([augment.eval_transform(tf.constant(image), 32).numpy() for image in images])
+    return model(crops, training=False).numpy()
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_eval_preprocessing_matches_the_data_pipeline():
+    assert ccp.export.eval_resize_size(227) == 256 and ccp.export.eval_resize_size(32) == 36
+    for height, width in SIZES + [(227, 227), (500, 333)]:
+        for size in (32, 227):
+            image = _uint8(height, 1, height, width)
+            out = ccp.export.eval_preprocess(image, size).numpy()
+            assert out.shape == (1, size, size, 3) and out.dtype == np.float32
+            np.testing.assert_allclose(out[0], augment.eval_transform(image[0], size).numpy(),
+                                       atol=1e-4)
+
+
+def test_eval_preprocessing_keeps_the_center():
+    # 20 x 40 image, bright in the middle half: resize to 36 x 72, crop x in [20, 52).
     image = np.zeros((1, 20, 40, 3), np.uint8)
     image[:, :, 10:30] = 200
     out = ccp.export.eval_preprocess(image, 32).numpy()
-    assert out.shape == (1, 32, 32, 3)
-    assert ccp.export.eval_resize_size(227) == 256 and ccp.export.eval_resize_size(32) == 36
-    assert out[0, :, 4:28].min() > 150 and out[0, 16, 0].min() > 150  # crop x in [20, 52) of 72
+    assert out[0, :, 4:28].min() > 150 and out[0, :, 16].min() > 150
 
 
-def test_ensemble_concatenates_unit_norm_blocks(tmp_path, models):
-    export_dir = str(tmp_path / "ensemble")
-    ccp.export.export_embedder(models, export_dir)
-    embed = ccp.export.load_embedder(export_dir)
-    for size in [(32, 32), (50, 41)]:
-        images = np.random.default_rng(1).integers(0, 256, size=(4, *size, 3)).astype(np.uint8)
+def test_reload_in_a_fresh_process_without_ccp(tmp_path, models, exports):
+    batches = [_uint8(i, 3, h, w) for i, (h, w) in enumerate(SIZES)]
+    np.savez(tmp_path / "images.npz", *batches)
+    # The child process cannot import ccp at all: the SavedModel must stand alone.
+    script = (
+        "import sys\n"
+        "class NoCcp:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'ccp' or name.startswith('ccp.'):\n"
+        "            raise ImportError('ccp must not be imported here')\n"
+        "sys.meta_path.insert(0, NoCcp())\n"
+        "import numpy as np, tensorflow as tf\n"
+        "f = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
+        "batches = np.load(sys.argv[2])\n"
+        "out = {k: f(images=tf.constant(batches[k]))['embeddings'].numpy() for k in batches}\n"
+        "assert not any(m == 'ccp' or m.startswith('ccp.') for m in sys.modules)\n"
+        "np.savez(sys.argv[3], **out)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, exports["single"], str(tmp_path / "images.npz"),
+                    str(tmp_path / "out.npz")], check=True, cwd=str(tmp_path),
+                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    reloaded = np.load(tmp_path / "out.npz")
+    for index, batch in enumerate(batches):
+        out = reloaded[f"arr_{index}"]
+        assert out.shape == (3, 6) and out.dtype == np.float32
+        np.testing.assert_allclose(out, _unit(_raw(models[0], batch)), atol=1e-5)
+
+
+def test_ensemble_concatenates_unit_norm_blocks(models, exports):
+    embed = ccp.export.load_embedder(exports["ensemble"])
+    single = ccp.export.load_embedder(exports["single"])
+    assert (embed.image_size, embed.embedding_size, embed.num_models) == (32, 12, 2)
+    for index, (height, width) in enumerate(SIZES):
+        images = _uint8(10 + index, 4, height, width)
         out = embed(images)
         assert out.shape == (4, 12)
         np.testing.assert_allclose(np.linalg.norm(out[:, :6], axis=1), 1.0, atol=1e-5)
         np.testing.assert_allclose(np.linalg.norm(out[:, 6:], axis=1), 1.0, atol=1e-5)
-        np.testing.assert_allclose(out[:, 6:], _expected(models[1], images), atol=1e-5)
+        np.testing.assert_allclose(out[:, :6], single(images), atol=1e-6)
+        np.testing.assert_allclose(out[:, 6:], _unit(_raw(models[1], images)), atol=1e-5)
 
 
-def test_cli_embeds_a_folder(tmp_path, models):
-    export_dir = str(tmp_path / "cli_model")
-    ccp.export.export_embedder(models[0], export_dir)
-    folder = tmp_path / "images"
-    (folder / "sub").mkdir(parents=True)
+def test_lipschitz_normalization_and_renormalized_concatenation(tmp_path, models):
+    export_dir = ccp.export.export_embedder(models, tmp_path / "lip", normalization="lipschitz",
+                                            normalize_concatenation=True)
+    images = _uint8(5, 3, 40, 50)
+    raw = [_raw(m, images) for m in models]
+    # x / max(||x||, 1) per model, then the row scaled to unit norm (MLRC's tester).
+    blocks = np.concatenate([x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1.0)
+                             for x in raw], axis=1)
+    out = ccp.export.load_embedder(export_dir)(images)
+    np.testing.assert_allclose(out, _unit(blocks), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_export_and_load_errors(tmp_path, models, exports):
+    with pytest.raises(ValueError, match="at least one model"):
+        ccp.export.export_embedder([], tmp_path / "x")
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        ccp.export.export_embedder(models[0], tmp_path / "x", normalization="cosine")
+    larger = ccp.models.build_embedding_model("small_cnn", embedding_size=6, image_size=64)
+    with pytest.raises(ValueError, match=r"same input size, got \[32, 64\]"):
+        ccp.export.export_embedder([models[0], larger], tmp_path / "x")
+    with pytest.raises(FileNotFoundError, match="no SavedModel"):
+        ccp.export.load_embedder(tmp_path / "missing")
+    embed = ccp.export.load_embedder(exports["single"])
+    with pytest.raises(TypeError, match="uint8"):
+        embed(np.zeros((1, 8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match=r"\[N, H, W, 3\]"):
+        embed(np.zeros((8, 8, 3), np.uint8))
+
+
+def _write_images(folder):
     rng = np.random.default_rng(2)
-    for name in ["b.png", "a.jpg", "sub/c.png"]:
-        Image.fromarray(rng.integers(0, 256, size=(30, 40, 3)).astype(np.uint8)).save(folder / name)
+    (folder / "sub").mkdir(parents=True)
+    files = {"b.png": (30, 40), "a.jpg": (50, 20), "sub/c.png": (32, 32), "D.PNG": (17, 90)}
+    for name, (height, width) in files.items():
+        Image.fromarray(rng.integers(0, 256, size=(height, width, 3)).astype(np.uint8)).save(
+            folder / name)
+    Image.fromarray(rng.integers(0, 256, size=(25, 25)).astype(np.uint8)).save(folder / "gray.png")
     (folder / "notes.txt").write_text("not an image")
-    out = tmp_path / "emb.npy"
-    assert ccp.export.main(["embed", "--model", export_dir, "--images", str(folder),
-                            "--out", str(out)]) == 0
-    embeddings = np.load(out)
-    paths = (tmp_path / "emb.txt").read_text().split()
-    assert embeddings.shape == (3, 6)
-    assert [os.path.relpath(p, folder) for p in paths] == ["a.jpg", "b.png", "sub/c.png"]
-    # PNG is lossless, so the file's pixels are exactly what the CLI decoded.
-    second = np.asarray(Image.open(folder / "b.png").convert("RGB"))[None]
-    np.testing.assert_allclose(embeddings[1], _expected(models[0], second)[0], atol=1e-5)
+    return ["D.PNG", "a.jpg", "b.png", "gray.png", "sub/c.png"]  # sorted by path
 
 
-def test_cli_errors_name_the_problem(tmp_path, models, capsys):
-    export_dir = str(tmp_path / "m")
-    ccp.export.export_embedder(models[0], export_dir)
-    with pytest.raises(SystemExit):
-        ccp.export.main(["embed", "--model", export_dir, "--images", str(tmp_path / "missing"),
-                         "--out", str(tmp_path / "o.npy")])
-    assert "does not exist" in capsys.readouterr().err
+def test_cli_embeds_a_folder(tmp_path, exports):
+    folder = tmp_path / "images"
+    expected_order = _write_images(folder)
+    out = tmp_path / "result" / "emb"  # no .npy suffix: added; the folder is created
+    result = subprocess.run(
+        [sys.executable, "-m", "ccp.export", "embed", "--model", exports["ensemble"],
+         "--images", str(folder), "--out", str(out), "--batch_size", "2"],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr
+    embeddings = np.load(tmp_path / "result" / "emb.npy")
+    paths = (tmp_path / "result" / "emb.txt").read_text().splitlines()
+    assert embeddings.shape == (5, 12) and embeddings.dtype == np.float32
+    assert [os.path.relpath(p, folder) for p in paths] == expected_order
+    # Every row equals the serving signature on that file's pixels (PNG is lossless; the JPEG
+    # is decoded by the same TF decoder).
+    embed = ccp.export.load_embedder(exports["ensemble"])
+    for row, path in zip(embeddings, paths):
+        pixels = ccp.export.read_image(path).numpy()[None]
+        np.testing.assert_allclose(row, embed(pixels)[0], atol=1e-5)
+    gray = np.asarray(Image.open(folder / "gray.png"))
+    np.testing.assert_array_equal(ccp.export.read_image(str(folder / "gray.png")).numpy(),
+                                  np.repeat(gray[..., None], 3, axis=2))
+
+
+def test_cli_errors_name_the_problem(tmp_path, exports, capsys):
+    def run(model, images):
+        with pytest.raises(SystemExit) as exit_info:
+            ccp.export.main(["embed", "--model", model, "--images", str(images),
+                             "--out", str(tmp_path / "o.npy")])
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err
+
+    assert "does not exist" in run(exports["single"], tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no images here")
+    assert "no .jpg/.jpeg/.png images" in run(exports["single"], empty)
     bad = tmp_path / "bad"
     bad.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(bad / "fine.png")
     (bad / "broken.jpg").write_bytes(b"not a jpeg at all")
-    with pytest.raises(SystemExit):
-        ccp.export.main(["embed", "--model", export_dir, "--images", str(bad),
-                         "--out", str(tmp_path / "o.npy")])
-    assert "broken.jpg" in capsys.readouterr().err
+    assert "broken.jpg" in run(exports["single"], bad)
+    assert "no SavedModel" in run(str(tmp_path / "nomodel"), bad)
+    assert not (tmp_path / "o.npy").exists()

@@ -15,6 +15,7 @@ sums its inputs over replicas once more, so each replica hands it ``1/num_replic
 transformed gradient. Static shapes and no Python side effects in the step (TPU-compatible).
 """
 import math
+import os
 import time
 
 import keras
@@ -85,6 +86,17 @@ def _find_proxy_owner(loss):
 
 def _dense(grad):
     return tf.convert_to_tensor(grad) if isinstance(grad, tf.IndexedSlices) else grad
+
+
+def _worker_role(strategy):
+    """``(is_chief, name)`` of this process in a multi-worker cluster (chief for one process)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    jobs = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not jobs or resolver.task_type is None:
+        return True, "chief"
+    task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
+    chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in jobs)
+    return chief, f"{task_type}_{task_id}"
 
 
 class Trainer:
@@ -227,8 +239,15 @@ class Trainer:
             tracked["plateau"] = self.plateau
         self.checkpoint = tf.train.Checkpoint(**tracked)
         self.manager = None
+        self.is_chief, worker_name = _worker_role(self.strategy)
+        if not self.is_chief:
+            # Saving is collective, so every worker saves; only the chief's files are the run's.
+            # The others write to a private folder, resume from the chief's latest checkpoint
+            # and keep no event log.
+            self.log_dir = None
         if checkpoint_dir:
-            self.manager = tf.train.CheckpointManager(self.checkpoint, checkpoint_dir,
+            save_dir = checkpoint_dir if self.is_chief else os.path.join(checkpoint_dir, worker_name)
+            self.manager = tf.train.CheckpointManager(self.checkpoint, save_dir,
                                                       max_to_keep=int(max_checkpoints))
         self._step_fns = {}
         logging.info("Trainer: %d model variables, %d loss variables (%d proxy), transforms %s, "
@@ -392,9 +411,11 @@ class Trainer:
 
     def restore(self):
         """Restores the latest checkpoint if there is one; returns its path or None."""
-        if self.manager is None or self.manager.latest_checkpoint is None:
+        if self.manager is None:
             return None
-        path = self.manager.latest_checkpoint
+        path = tf.train.latest_checkpoint(self.checkpoint_dir)  # the chief's, on every worker
+        if path is None:
+            return None
         try:
             self.checkpoint.restore(path).assert_existing_objects_matched()
         except AssertionError as error:

@@ -1,6 +1,6 @@
 """One worker of the MultiWorkerMirroredStrategy test (run as a subprocess, not collected).
 
-usage: python multi_worker_job.py OUT.npz   (TF_CONFIG set by the caller, or unset = 1 process)
+usage: python multi_worker_job.py OUT.npz [RUN_DIR]   (TF_CONFIG set by the caller, or unset = 1 process)
 """
 import os
 import sys
@@ -35,7 +35,7 @@ def train_dataset_fn(start_step):
     return tf.data.Dataset.from_generator(batches, output_signature=spec)
 
 
-def main(out_path):
+def main(out_path, run_dir=None):
     multi = "TF_CONFIG" in os.environ
     strategy = tf.distribute.MultiWorkerMirroredStrategy() if multi else tf.distribute.get_strategy()
     with strategy.scope():
@@ -45,7 +45,9 @@ def main(out_path):
         loss = ccp.losses.CCPLoss(ccp.losses.ContrastiveLoss(0.0, 0.5), CLASSES, DIM,
                                   proxies_per_class=2, seed=1)
         trainer = ccp.training.Trainer(model, loss, strategy=strategy, learning_rate=1e-2,
-                                       steps_per_epoch=3, max_epochs=2, progress_bar=False)
+                                       steps_per_epoch=3, max_epochs=2, progress_bar=False,
+                                       checkpoint_dir=run_dir and os.path.join(run_dir, "ckpt"),
+                                       log_dir=run_dir and os.path.join(run_dir, "logs"))
     result = trainer.fit(train_dataset_fn)
     np.savez(out_path, *[np.asarray(v) for v in model.weights + loss.weights],
              losses=np.array([r["loss"] for r in result["history"]]),
@@ -53,4 +55,4 @@ def main(out_path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -123,3 +123,28 @@ def split_by_classes(labels, paths, train_classes):
     train_paths = tuple(p for p, t in zip(paths, is_train) if t)
     test_paths = tuple(p for p, t in zip(paths, is_train) if not t)
     return labels[is_train], train_paths, labels[~is_train], test_paths
+
+
+def half_class_split(key, name, root, labels, paths, expected, check_files):
+    """The class-disjoint splits of CUB and Cars196: train on the first half of the classes.
+
+    Args:
+      key: registry name of the result ("cub"); name: display name for messages; root: folder.
+      labels: int64 ``[N]`` original class ids; paths: ``N`` absolute image paths.
+      expected: the published counts (SPEC §7) checked by :func:`check_counts`.
+      check_files: stat every image first.
+    Returns:
+      ``DatasetSplits(name, train, test)``.
+    """
+    from data_pipelines.records import DatasetSplits, Records
+
+    if check_files:
+        check_images_exist(paths, name)
+    train_classes = first_half_classes(np.unique(labels).tolist())
+    train_labels, train_paths, test_labels, test_paths = split_by_classes(labels, paths, train_classes)
+    train = Records(train_labels, paths=train_paths)
+    test = Records(test_labels, paths=test_paths)
+    check_counts(name, root, expected,
+                 {"train classes": train.num_classes, "train images": len(train),
+                  "test classes": test.num_classes, "test images": len(test)})
+    return DatasetSplits(name=key, train=train, test=test)

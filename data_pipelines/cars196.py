@@ -16,7 +16,6 @@ import numpy as np
 import scipy.io
 
 from data_pipelines import _layout
-from data_pipelines.records import DatasetSplits, Records
 
 NAME = "Cars196"
 SUBFOLDERS = ("cars196", "CARS196", "Cars196", "cars", "stanford_cars")
@@ -68,18 +67,4 @@ def load(data_dir=None, check_files=True):
     mat_path = _layout.require_file(root, "cars_annos.mat", NAME, LAYOUT)
     rel_paths, labels = read_annotations(mat_path)
     paths = [os.path.join(root, rel) for rel in rel_paths]
-    if check_files:
-        _layout.check_images_exist(paths, NAME)
-
-    train_classes = _layout.first_half_classes(np.unique(labels).tolist())
-    train_labels, train_paths, test_labels, test_paths = _layout.split_by_classes(
-        labels, paths, train_classes
-    )
-    train = Records(train_labels, paths=train_paths)
-    test = Records(test_labels, paths=test_paths)
-    _layout.check_counts(
-        NAME, root, EXPECTED,
-        {"train classes": train.num_classes, "train images": len(train),
-         "test classes": test.num_classes, "test images": len(test)},
-    )
-    return DatasetSplits(name="cars196", train=train, test=test)
+    return _layout.half_class_split("cars196", NAME, root, labels, paths, EXPECTED, check_files)

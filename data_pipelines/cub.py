@@ -14,7 +14,6 @@ import os
 import numpy as np
 
 from data_pipelines import _layout
-from data_pipelines.records import DatasetSplits, Records
 
 NAME = "CUB-200-2011"
 SUBFOLDERS = ("CUB_200_2011",)
@@ -62,18 +61,4 @@ def load(data_dir=None, check_files=True):
     ids = sorted(id_to_path)
     labels = np.array([id_to_class[i] for i in ids], dtype=np.int64)
     paths = [os.path.join(image_dir, id_to_path[i]) for i in ids]
-    if check_files:
-        _layout.check_images_exist(paths, NAME)
-
-    train_classes = _layout.first_half_classes(np.unique(labels).tolist())
-    train_labels, train_paths, test_labels, test_paths = _layout.split_by_classes(
-        labels, paths, train_classes
-    )
-    train = Records(train_labels, paths=train_paths)
-    test = Records(test_labels, paths=test_paths)
-    _layout.check_counts(
-        NAME, root, EXPECTED,
-        {"train classes": train.num_classes, "train images": len(train),
-         "test classes": test.num_classes, "test images": len(test)},
-    )
-    return DatasetSplits(name="cub", train=train, test=test)
+    return _layout.half_class_split("cub", NAME, root, labels, paths, EXPECTED, check_files)

@@ -60,7 +60,9 @@ def main(argv):
     table = comparison_table(results)
     with open(os.path.join(FLAGS.output_dir, "comparison.md"), "w") as handle:
         handle.write(table + "\n")
-    print("\nDigits (classes 5-9 unseen in training), MLRC 4 folds, test metrics in %:\n")
+    folds = next(iter(results.values()))["folds"]
+    print(f"\nDigits (classes 5-9 unseen in training), {folds} class folds, test metrics in %"
+          " (fold average ± std, and the concatenation of the fold models):\n")
     print(table)
     for method, config in runs.items():
         print(f"{method} report: {os.path.join(config.output_dir, 'report.md')}")

@@ -351,3 +351,39 @@ def test_nmi_errors():
         metrics.nmi(np.array([[np.nan, 0.0], [0.0, 0.0]]), [0, 1])
     with pytest.raises(ValueError, match="3 entries"):
         metrics.nmi(np.zeros((2, 2)), [0, 1, 1])
+
+
+def test_grouped_top_k_equals_top_k_with_ties():
+    """The group-maxima selection returns exactly tf.math.top_k's indices, tie order included."""
+    import tensorflow as tf
+
+    from ccp.metrics import _grouped_top_k
+
+    rng = np.random.default_rng(7)
+    for columns, k in [(1, 1), (63, 5), (64, 64), (200, 13), (1000, 40), (130, 129)]:
+        coarse = rng.integers(0, 6, size=(9, columns)).astype(np.float32)  # many exact ties
+        fine = rng.normal(size=(9, columns)).astype(np.float32)
+        for scores in (coarse, fine):
+            expected = tf.math.top_k(scores, k=k, sorted=True).indices.numpy()
+            got = _grouped_top_k(tf.constant(scores), tf.constant(k)).numpy()
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_cpu_and_tensorflow_neighbour_paths_agree():
+    """The numpy (CPU) and TensorFlow (GPU) neighbour searches return identical indices."""
+    import tensorflow as tf
+
+    from ccp import metrics as m
+
+    rng = np.random.default_rng(11)
+    refs = np.round(rng.normal(size=(300, 6)) * 4) / 4  # coarse grid: exact distance ties
+    refs[50:60] = refs[40]  # duplicates
+    augmented = m._augmented_references(refs.astype(np.float32), normalize=True)
+    queries = augmented[::7, :-1].copy()
+    for k in (1, 9, 64, 150):
+        cpu = m._top_k_neighbours_numpy(queries, augmented, k)
+        gpu = m._top_k_neighbours(tf.constant(queries), tf.constant(augmented), tf.constant(k)).numpy()
+        np.testing.assert_array_equal(cpu, gpu)
+        scores = np.concatenate([queries, np.ones((len(queries), 1), np.float32)], 1) @ augmented.T
+        np.testing.assert_array_equal(cpu, m._grouped_top_k_numpy(scores, k))
+        np.testing.assert_array_equal(cpu, tf.math.top_k(scores, k=k).indices.numpy())

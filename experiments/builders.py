@@ -189,9 +189,11 @@ def build_projection(config):
     )
 
 
-def trainer_arguments(config, model, loss, strategy, fold_dir, seed):
-    """Keyword arguments of ccp.training.Trainer for one fold (call inside strategy.scope())."""
-    del seed  # the data streams carry the seed; the trainer itself draws no random numbers
+def trainer_arguments(config, model, loss, strategy, fold_dir):
+    """Keyword arguments of ccp.training.Trainer for one fold (call inside strategy.scope()).
+
+    The fold's seed lives in the data streams; the trainer itself draws no random numbers.
+    """
     return dict(
         model=model,
         loss=loss,

@@ -24,8 +24,6 @@ def _field(default, help_text, choices=None):
     metadata = {"help": help_text}
     if choices is not None:
         metadata["choices"] = choices
-    if isinstance(default, tuple):
-        return dataclasses.field(default=default, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 

@@ -106,8 +106,6 @@ def normalize_rows(x):
 
 def train_fold(config, fold, fold_dir, seed, strategy):
     """Trains one fold model (resuming from its checkpoint) and returns (model, loss, result)."""
-    import tensorflow as tf
-
     train_records = fold.train
     val_records = fold.val
     num_classes = train_records.num_classes
@@ -115,7 +113,7 @@ def train_fold(config, fold, fold_dir, seed, strategy):
         model = builders.build_model(config, name=f"fold_{fold.index}")
         loss = builders.build_loss(config, num_classes)
         trainer = ccp.training.Trainer(
-            **builders.trainer_arguments(config, model, loss, strategy, fold_dir, seed)
+            **builders.trainer_arguments(config, model, loss, strategy, fold_dir)
         )
     validation = builders.eval_dataset(config, val_records) if val_records is not None else None
     projection_pool = (
@@ -126,7 +124,6 @@ def train_fold(config, fold, fold_dir, seed, strategy):
         validation_data=validation,
         proxy_pool_fn=projection_pool,
     )
-    del tf
     return model, loss, result
 
 

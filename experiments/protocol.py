@@ -127,7 +127,7 @@ def train_fold(config, fold, fold_dir, seed, strategy):
     return model, loss, result
 
 
-def run_fold(config, splits, fold, fold_dir, seed, strategy, eval_sets):
+def run_fold(config, fold, fold_dir, seed, strategy, eval_sets):
     """Trains (or reloads) one fold; returns its record with test embeddings and metrics."""
     result_path = os.path.join(fold_dir, "fold_result.json")
     weights_path = os.path.join(fold_dir, "model.weights.h5")
@@ -248,9 +248,10 @@ def run(config):
     check_resume_config(config, config.output_dir)
     builders.set_precision(config)
     strategy = builders.build_strategy(config)
-    splits = data_pipelines.load(config.dataset, config.data_dir or None)
-    if config.dataset == "digits" and config.resolved_image_size != 32:
-        splits = data_pipelines.load(config.dataset, None, image_size=config.resolved_image_size)
+    if config.dataset == "digits":  # embedded, rendered at the model's input size
+        splits = data_pipelines.load("digits", None, image_size=config.resolved_image_size)
+    else:
+        splits = data_pipelines.load(config.dataset, config.data_dir)
     eval_sets = evaluation_sets(splits)
     folds = data_pipelines.class_folds(splits.train, num_folds=config.folds)
     per_repeat = []
@@ -259,7 +260,7 @@ def run(config):
         records = []
         for fold in folds:
             fold_dir = os.path.join(config.output_dir, f"repeat_{repeat}", f"fold_{fold.index}")
-            records.append(run_fold(config, splits, fold, fold_dir, seed + 1000 * fold.index,
+            records.append(run_fold(config, fold, fold_dir, seed + 1000 * fold.index,
                                     strategy, eval_sets))
         concatenated = ensemble_metrics(config, records) if config.folds > 1 else None
         per_repeat.append((records, concatenated))

@@ -14,6 +14,8 @@ Conventions (SPEC §8, agreeing with pytorch-metric-learning's ``AccuracyCalcula
   index* (a duplicate of the query at distance 0 stays a valid neighbour).
 - Equal distances keep the lower reference index first.
 """
+
+import concurrent.futures
 import contextlib
 
 import numpy as np
@@ -161,13 +163,33 @@ def _grouped_top_k_numpy(scores, k):
     return np.take_along_axis(candidate_index, best, axis=1)
 
 
+def _cpu_scores(queries, augmented_references):
+    augmented_queries = np.concatenate([queries, np.ones((len(queries), 1), np.float32)], axis=1)
+    # A transposed C-contiguous matrix is Fortran-ordered: BLAS reads it without a copy.
+    return augmented_queries @ augmented_references.T
+
+
+def _pipelined_cpu_search(chunks, augmented_references, k):
+    """Yields ``(rows, neighbours [c, k])`` per chunk, selecting chunk i's neighbours in a worker
+    thread while the main thread's BLAS matmul computes chunk i + 1's scores (both release the
+    GIL), so selection hides behind the matmul. At most two score blocks are alive.
+    """
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for rows, queries in chunks:
+            scores = _cpu_scores(queries, augmented_references)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = (rows, pool.submit(_grouped_top_k_numpy, scores, k))
+            del scores
+        if pending is not None:
+            yield pending[0], pending[1].result()
+
+
 def _top_k_neighbours_numpy(queries, augmented_references, k):
     """CPU twin of :func:`_top_k_neighbours` on numpy's BLAS, which is about 2.4x faster than
     TensorFlow's CPU matmul for these shapes on the 2-core machine of BENCHMARKS.md."""
-    augmented_queries = np.concatenate([queries, np.ones((len(queries), 1), np.float32)], axis=1)
-    # A transposed C-contiguous matrix is Fortran-ordered: BLAS reads it without a copy.
-    scores = augmented_queries @ augmented_references.T
-    return _grouped_top_k_numpy(scores, int(k))
+    return _grouped_top_k_numpy(_cpu_scores(queries, augmented_references), int(k))
 
 
 def _grouped_top_k(scores, k):
@@ -321,17 +343,24 @@ def retrieval_metrics(
         # duplicates of lower index rank first.  Either way _remove_self leaves the k nearest
         # *other* references (removal by index, SPEC §8).
         k_tensor = tf.constant(k + 1 if same_set else k, tf.int32)
-        for start in range(0, len(counted), chunk):
-            rows = counted[start:start + chunk]
+        starts = range(0, len(counted), chunk)
+
+        def chunk_queries(rows):
             if on_cpu:
-                chunk_queries = augmented[rows, :-1] if same_set else queries[rows]
-                neighbours = _top_k_neighbours_numpy(chunk_queries, augmented, k_tensor)
-            else:
-                if same_set:
-                    chunk_queries = tf.gather(reference_tensor, rows)[:, :-1]
-                else:
-                    chunk_queries = tf.constant(queries[rows])
-                neighbours = _top_k_neighbours(chunk_queries, reference_tensor, k_tensor).numpy()
+                return augmented[rows, :-1] if same_set else queries[rows]
+            if same_set:
+                return tf.gather(reference_tensor, rows)[:, :-1]
+            return tf.constant(queries[rows])
+
+        if on_cpu:
+            searched = _pipelined_cpu_search(
+                ((counted[s:s + chunk], chunk_queries(counted[s:s + chunk])) for s in starts),
+                augmented, int(k_tensor))
+        else:
+            searched = ((counted[s:s + chunk],
+                         _top_k_neighbours(chunk_queries(counted[s:s + chunk]), reference_tensor,
+                                           k_tensor).numpy()) for s in starts)
+        for rows, neighbours in searched:
             if same_set:
                 neighbours = _remove_self(neighbours, rows)
             relevant = reference_codes[neighbours] == query_codes[rows][:, None]  # [c, k]

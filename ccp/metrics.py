@@ -31,7 +31,7 @@ __all__ = ["retrieval_metrics", "nmi"]
 _CHUNK_BUDGET_BYTES = 256 * 2**20
 
 
-def _lipschitz_normalize(x, out=None):
+def lipschitz_normalize(x, out=None):
     """SPEC §2 forward pass, ``n(x) = x / max(||x||, 1)`` per row: ``[N, D] -> [N, D]`` float32
     (written into ``out`` when given).  Norms are accumulated in float64; no gradient is needed
     at evaluation time."""
@@ -114,7 +114,7 @@ def _augmented_references(references, normalize):
     augmented = np.empty((references.shape[0], references.shape[1] + 1), np.float32)
     body = augmented[:, :-1]
     if normalize:
-        _lipschitz_normalize(references, out=body)
+        lipschitz_normalize(references, out=body)
     else:
         body[...] = references
     augmented[:, -1] = -0.5 * _squared_norms_within_float32(body)
@@ -324,7 +324,7 @@ def retrieval_metrics(
     k = int(min(max(int(num_relevant.max()), max(recall_at)), num_available))
 
     if normalize and not same_set:
-        queries = _lipschitz_normalize(queries)
+        queries = lipschitz_normalize(queries)
     elif not same_set:
         _squared_norms_within_float32(queries)
 
@@ -412,6 +412,6 @@ def nmi(embeddings, labels, num_clusters=None, seed=0, normalize=True, n_init=1)
             f"got {num_clusters}"
         )
     if normalize:
-        x = _lipschitz_normalize(x)
+        x = lipschitz_normalize(x)
     clusters = KMeans(n_clusters=int(num_clusters), n_init=n_init, random_state=seed).fit_predict(x)
     return float(normalized_mutual_info_score(y, clusters))

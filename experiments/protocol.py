@@ -99,11 +99,6 @@ def test_metrics(config, query, reference=None):
     return {k: float(v) for k, v in metrics.items()}
 
 
-def normalize_rows(x):
-    """Lipschitz L2 normalization of numpy rows (SPEC §2), as evaluation applies it."""
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1.0)
-
-
 def train_fold(config, fold, fold_dir, seed, strategy):
     """Trains one fold model (resuming from its checkpoint) and returns (model, loss, result)."""
     train_records = fold.train
@@ -189,13 +184,13 @@ def _json_safe(value):
 def ensemble_metrics(config, fold_records):
     """Metrics of the concatenation of the folds' normalized embeddings (the 512D model)."""
     query = (
-        np.concatenate([normalize_rows(r["query"][0]) for r in fold_records], axis=1),
+        np.concatenate([ccp.metrics.lipschitz_normalize(r["query"][0]) for r in fold_records], axis=1),
         fold_records[0]["query"][1],
     )
     reference = None
     if fold_records[0]["reference"] is not None:
         reference = (
-            np.concatenate([normalize_rows(r["reference"][0]) for r in fold_records], axis=1),
+            np.concatenate([ccp.metrics.lipschitz_normalize(r["reference"][0]) for r in fold_records], axis=1),
             fold_records[0]["reference"][1],
         )
     return test_metrics(config, query, reference)

@@ -8,6 +8,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
+from ccp.metrics import lipschitz_normalize  # noqa: E402
+
 
 def plot_training_curves(fold_logs, path):
     """Loss and validation MAP@R per epoch for each fold, projection epochs marked.
@@ -79,9 +81,7 @@ def plot_tsne(embeddings, labels, path, proxies=None, proxy_labels=None, max_poi
     points = [embeddings[keep]]
     if proxies is not None:
         points.append(proxies)
-    stacked = np.concatenate(points, axis=0).astype(np.float64)
-    norms = np.maximum(np.linalg.norm(stacked, axis=1, keepdims=True), 1.0)
-    stacked = stacked / norms
+    stacked = lipschitz_normalize(np.concatenate(points, axis=0).astype(np.float32))
     perplexity = float(min(30.0, max(2.0, (len(stacked) - 1) / 3.0)))
     coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
         stacked

@@ -3,6 +3,7 @@
 - ``LipschitzL2Normalization``: ``n(x) = x / max(||x||, 1)`` with the custom gradient of the
   paper's §4.4 (SPEC §2).
 - ``GlobalPooling``: global average, max, or their sum over the spatial axes (SPEC §1).
+- ``sublayers`` / ``batchnorm_layers``: layer traversal shared by the models and the trainer.
 """
 import keras
 import tensorflow as tf
@@ -76,3 +77,20 @@ class GlobalPooling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+def sublayers(layer):
+    """Every layer nested inside ``layer`` (models, layers holding layers), depth first."""
+    if hasattr(layer, "_flatten_layers"):
+        return list(layer._flatten_layers(include_self=False, recursive=True))
+    found = []
+    for child in getattr(layer, "layers", []):
+        found.append(child)
+        found.extend(sublayers(child))
+    return found
+
+
+def batchnorm_layers(model):
+    """Every ``keras.layers.BatchNormalization`` inside ``model``, nested models included."""
+    return [layer for layer in sublayers(model)
+            if isinstance(layer, keras.layers.BatchNormalization)]

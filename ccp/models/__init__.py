@@ -3,10 +3,10 @@
 ``build_embedding_model(backbone=..., embedding_size=128, weights=None, ...)`` is the entry
 point; the backbones live in ``bn_inception``, ``resnet`` and ``small_cnn``.
 """
+from ccp.layers import batchnorm_layers
 from ccp.models.embedding import (
     BACKBONES,
     Backbone,
-    batchnorm_layers,
     build_embedding_model,
     freeze_batchnorm,
     model_image_size,

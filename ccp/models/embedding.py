@@ -64,17 +64,6 @@ BACKBONES = {
 }
 
 
-def batchnorm_layers(model):
-    """Every ``keras.layers.BatchNormalization`` inside ``model``, nested models included."""
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            found.append(layer)
-        elif isinstance(layer, keras.Model):
-            found.extend(batchnorm_layers(layer))
-    return found
-
-
 def freeze_batchnorm(model):
     """Freezes every BatchNormalization layer of ``model`` (SPEC §1); returns how many.
 
@@ -82,7 +71,7 @@ def freeze_batchnorm(model):
     when called with ``training=True``: it normalizes with its moving statistics, does not
     update them, and its gamma/beta are not trainable variables.
     """
-    layers = batchnorm_layers(model)
+    layers = ccp_layers.batchnorm_layers(model)
     for layer in layers:
         layer.trainable = False
     return len(layers)

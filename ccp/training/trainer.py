@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from ccp import layers as layers_lib
 from ccp import metrics as metrics_lib
 from ccp.training import embedding as embedding_lib
 from ccp.training import events as events_lib
@@ -73,7 +74,7 @@ class RandomState(tf.Module):
 
 def _find_proxy_owner(loss):
     """The layer (``loss`` or one nested in it) with ``proxies_by_class``/``assign_proxies``."""
-    candidates = [loss] + transforms_lib._sublayers(loss)
+    candidates = [loss] + layers_lib.sublayers(loss)
     for layer in candidates:
         if hasattr(layer, "proxies_by_class") and hasattr(layer, "assign_proxies"):
             try:

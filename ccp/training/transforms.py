@@ -11,8 +11,9 @@ proximal term (CCP, :class:`ccp.projection.ProximalTerm`), weight decay 1e-4 on 
 weights, clip by global norm 10, clip by value 10; then Adam (with per-variable learning-rate
 multipliers inside the optimizer, :class:`ccp.training.optimizers.AdamLRM`).
 """
-import keras
 import tensorflow as tf
+
+from ccp import layers as layers_lib
 
 
 class GradientTransform:
@@ -74,35 +75,23 @@ class ClipByValue(GradientTransform):
                 for g in grads]
 
 
-def _sublayers(layer):
-    """Every layer nested inside ``layer`` (models, layers holding layers), depth first."""
-    if hasattr(layer, "_flatten_layers"):
-        return list(layer._flatten_layers(include_self=False, recursive=True))
-    found = []
-    for child in getattr(layer, "layers", []):
-        found.append(child)
-        found.extend(_sublayers(child))
-    return found
-
-
 def batchnorm_variables(model):
     """All variables of ``keras.layers.BatchNormalization`` layers inside ``model`` (nested too).
 
     Identified by layer type, not by name: gamma, beta and the moving statistics.
     """
     seen, found = set(), []
-    for layer in _sublayers(model):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            for variable in layer.weights:
-                if id(variable) not in seen:
-                    seen.add(id(variable))
-                    found.append(variable)
+    for layer in layers_lib.batchnorm_layers(model):
+        for variable in layer.weights:
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                found.append(variable)
     return found
 
 
 def find_layer(model, name):
     """The first layer named ``name`` inside ``model`` (nested models searched), or None."""
-    for layer in _sublayers(model):
+    for layer in layers_lib.sublayers(model):
         if layer.name == name:
             return layer
     return None

@@ -129,7 +129,6 @@ class ProxyAnchorLoss(ProxyLoss):
     """ProxyAnchor (Kim et al. 2020), one proxy per class."""
 
     def __init__(self, num_classes, embedding_size, margin=0.1, alpha=32.0, **kwargs):
-        kwargs.pop("proxies_per_class", None)
         super().__init__(num_classes, embedding_size, proxies_per_class=1, **kwargs)
         self.margin, self.alpha = float(margin), float(alpha)
         self.build()
@@ -150,7 +149,6 @@ class ProxyNCALoss(ProxyLoss):
     """ProxyNCA++ in the reference's form: ProxyNCA with a temperature, one proxy per class."""
 
     def __init__(self, num_classes, embedding_size, temperature=0.1, **kwargs):
-        kwargs.pop("proxies_per_class", None)
         super().__init__(num_classes, embedding_size, proxies_per_class=1, **kwargs)
         self.temperature = float(temperature)
         self.build()
@@ -179,7 +177,6 @@ class SoftTripleLoss(ProxyLoss):
 
     def __init__(self, num_classes, embedding_size, centers_per_class=10, lamda=20.0, gamma=0.1,
                  tau=0.2, margin=0.01, **kwargs):
-        kwargs.pop("proxies_per_class", None)
         super().__init__(num_classes, embedding_size, proxies_per_class=centers_per_class, **kwargs)
         self.lamda, self.gamma = float(lamda), float(gamma)
         self.tau, self.margin = float(tau), float(margin)

@@ -9,6 +9,7 @@ from ccp.models.embedding import (
     Backbone,
     build_embedding_model,
     freeze_batchnorm,
+    load_embedding_weights,
     model_image_size,
 )
 from ccp.models.preprocessing import InputNormalization
@@ -20,5 +21,6 @@ __all__ = [
     "batchnorm_layers",
     "build_embedding_model",
     "freeze_batchnorm",
+    "load_embedding_weights",
     "model_image_size",
 ]

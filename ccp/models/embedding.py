@@ -4,7 +4,8 @@ The model takes RGB float32 images ``[N, S, S, 3]`` with values 0..255 and retur
 embedding ``[N, D]``: losses and evaluation normalize it themselves. Layers, in order:
 ``images`` (Input) -> ``input_normalization`` (the backbone's input convention, a serializable
 ccp layer) -> the backbone (a nested keras.Model named after it) -> ``global_pooling``
-(``ccp.layers.GlobalPooling``) -> ``embedding`` (Dense(D), float32 even under mixed precision).
+(``ccp.layers.GlobalPooling``) -> ``embedding`` (Dense(D), no bias by default as the reference's
+head, float32 even under mixed precision).
 
 The input side S (the model's static input shape) is what the evaluation preprocessing and the
 exporter need: :func:`model_image_size` reads it back.
@@ -14,6 +15,7 @@ import numbers
 import os
 from typing import Callable
 
+import h5py
 import keras
 
 from ccp import layers as ccp_layers
@@ -96,8 +98,12 @@ def _check_positive_int(value, what):
     return int(value)
 
 
+EMBEDDING_LAYER = "embedding"
+
+
 def build_embedding_model(backbone="bn_inception", embedding_size=128, weights=None,
-                          pooling="avg", freeze_batchnorm=None, image_size=None, name=None):
+                          pooling="avg", freeze_batchnorm=None, image_size=None, name=None,
+                          embedding_bias=False):
     """Builds the embedding model of SPEC §1.
 
     Args:
@@ -113,6 +119,9 @@ def build_embedding_model(backbone="bn_inception", embedding_size=128, weights=N
         None = True exactly when pretrained weights are loaded.
       image_size: the input side S; None = 227 for the ImageNet backbones, 32 for small_cnn.
       name: model name; None = "<backbone>_embedding".
+      embedding_bias: give the Dense embedding head a bias. False (default) is the reference's
+        head (SPEC §1); weights saved from a model with a bias need True
+        (:func:`load_embedding_weights` says so).
     Returns:
       keras.Model: RGB float32 images ``[N, S, S, 3]`` (values 0..255) -> raw embeddings
       float32 ``[N, D]``.
@@ -133,6 +142,8 @@ def build_embedding_model(backbone="bn_inception", embedding_size=128, weights=N
                                "image_size")
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name must be a string, got {name!r}")
+    if not isinstance(embedding_bias, bool):
+        raise TypeError(f"embedding_bias must be True or False, got {embedding_bias!r}")
 
     inputs = keras.Input((size, size, 3), dtype="float32", name="images")
     normalized = InputNormalization(spec.convention, name="input_normalization")(inputs)
@@ -144,8 +155,53 @@ def build_embedding_model(backbone="bn_inception", embedding_size=128, weights=N
     features = features_model(normalized)
     pooled = ccp_layers.GlobalPooling(pooling, name="global_pooling")(features)
     # float32 even under a mixed-precision policy: losses and metrics get float32 embeddings.
-    embeddings = keras.layers.Dense(embedding_size, dtype="float32", name="embedding")(pooled)
+    embeddings = keras.layers.Dense(embedding_size, use_bias=embedding_bias, dtype="float32",
+                                    name=EMBEDDING_LAYER)(pooled)
     return keras.Model(inputs, embeddings, name=name or f"{backbone}_embedding")
+
+
+def _stored_embedding_bias(path):
+    """Whether the Keras 3 ``.weights.h5`` at ``path`` holds an embedding bias (None: unknown).
+
+    The embedding head is the model's only top-level Dense layer, stored under
+    ``layers/dense/vars`` (kernel, then bias when there is one).
+    """
+    try:
+        with h5py.File(path, "r") as handle:
+            group = handle.get("layers/dense/vars")
+            return None if group is None else len(group) == 2
+    except OSError:
+        return None
+
+
+def load_embedding_weights(model, path):
+    """``model.load_weights(path)`` for a model of :func:`build_embedding_model`.
+
+    Loading weights saved from a model whose embedding head had a bias into one built without
+    (or the reverse) fails with a one-line error naming the ``--embedding_bias`` flag.
+
+    Args:
+      model: a model built by :func:`build_embedding_model`.
+      path: a Keras ``.weights.h5`` file saved from such a model.
+    Returns:
+      ``model``.
+    Raises:
+      ValueError: the file's head and the model's disagree on the bias, or another mismatch
+        (Keras' own message).
+    """
+    path = os.fspath(path)
+    has_bias = model.get_layer(EMBEDDING_LAYER).use_bias
+    stored = _stored_embedding_bias(path) if path.endswith(".h5") else None
+    if stored is not None and stored != has_bias:
+        if stored:
+            raise ValueError(
+                f"{path}: these weights have an embedding bias but the model was built without "
+                "one; build it with embedding_bias=True (flag --embedding_bias)")
+        raise ValueError(
+            f"{path}: these weights have no embedding bias but the model was built with one; "
+            "build it with embedding_bias=False (flag --noembedding_bias)")
+    model.load_weights(path)
+    return model
 
 
 def model_image_size(model):

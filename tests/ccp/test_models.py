@@ -339,9 +339,45 @@ def test_avg_plus_max_pooling_sums_both():
     images = _images(1)
     features = model.get_layer("small_cnn")(images / 255.0, training=False).numpy()
     pooled = features.mean(axis=(1, 2)) + features.max(axis=(1, 2))
-    kernel, bias = model.get_layer("embedding").get_weights()
-    np.testing.assert_allclose(model(images, training=False).numpy(), pooled @ kernel + bias,
+    (kernel,) = model.get_layer("embedding").get_weights()  # no bias: the reference's head
+    np.testing.assert_allclose(model(images, training=False).numpy(), pooled @ kernel,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_embedding_head_bias_is_opt_in_and_checked_on_load(tmp_path):
+    plain = ccp.models.build_embedding_model("small_cnn", embedding_size=6)
+    assert not plain.get_layer("embedding").use_bias
+    assert len(plain.get_layer("embedding").weights) == 1
+    biased = ccp.models.build_embedding_model("small_cnn", embedding_size=6, embedding_bias=True)
+    head = biased.get_layer("embedding")
+    head.bias.assign(np.linspace(-1.0, 1.0, 6).astype(np.float32))
+    images = _images(5)
+    features = biased.get_layer("small_cnn")(images / 255.0, training=False).numpy()
+    np.testing.assert_allclose(biased(images, training=False).numpy(),
+                               features.mean(axis=(1, 2)) @ head.kernel.numpy()
+                               + np.linspace(-1.0, 1.0, 6), rtol=1e-5, atol=1e-5)
+    biased_path = str(tmp_path / "biased.weights.h5")
+    plain_path = str(tmp_path / "plain.weights.h5")
+    biased.save_weights(biased_path)
+    plain.save_weights(plain_path)
+    # With a bias -> a model built with the flag: every output reproduced.
+    again = ccp.models.build_embedding_model("small_cnn", embedding_size=6, embedding_bias=True)
+    ccp.models.load_embedding_weights(again, biased_path)
+    np.testing.assert_allclose(again(images, training=False).numpy(),
+                               biased(images, training=False).numpy(), atol=1e-6)
+    # With a bias -> a bias-free model: a one-line error naming the flag.
+    with pytest.raises(ValueError, match="--embedding_bias") as info:
+        ccp.models.load_embedding_weights(
+            ccp.models.build_embedding_model("small_cnn", embedding_size=6), biased_path)
+    assert "\n" not in str(info.value) and "biased.weights.h5" in str(info.value)
+    with pytest.raises(ValueError, match="--noembedding_bias"):
+        ccp.models.load_embedding_weights(
+            ccp.models.build_embedding_model("small_cnn", embedding_size=6,
+                                             embedding_bias=True), plain_path)
+    fresh = ccp.models.build_embedding_model("small_cnn", embedding_size=6)
+    ccp.models.load_embedding_weights(fresh, plain_path)
+    np.testing.assert_allclose(fresh(images, training=False).numpy(),
+                               plain(images, training=False).numpy(), atol=1e-6)
 
 
 def test_input_normalization_conventions_and_config():
@@ -427,6 +463,7 @@ def test_unfrozen_batchnorm_trains():
     (dict(backbone="small_cnn", weights="/nonexistent/s.weights.h5"), FileNotFoundError,
      "does not exist"),
     (dict(backbone="small_cnn", freeze_batchnorm="yes"), TypeError, "freeze_batchnorm"),
+    (dict(backbone="small_cnn", embedding_bias=1), TypeError, "embedding_bias"),
     (dict(backbone="small_cnn", image_size=30), ValueError, "divisible by 4"),
     (dict(backbone="small_cnn", image_size=-1), ValueError, "image_size"),
     (dict(backbone="resnet50", image_size=16), ValueError, ">= 32"),

@@ -297,7 +297,8 @@ def test_ccp_wraps_each_pair_loss(name):
 
 def test_xbm_queue_semantics():
     base = losses.ContrastiveLoss(0.0, 0.5)
-    xbm = losses.CrossBatchMemory(base, embedding_size=3, memory_size=5, start_at=1)
+    xbm = losses.CrossBatchMemory(base, embedding_size=3, memory_size=5, start_at=1,
+                                  delay_until_full=False)
     a = np.array([[3, 0, 0], [0, 3, 0]], np.float32)
     b = np.array([[0, 0, 3], [3, 3, 0], [1, 0, 0]], np.float32)
     first = xbm.loss_terms([0, 1], a, training=True)
@@ -322,6 +323,46 @@ def test_xbm_queue_semantics():
     assert sorted(xbm.memory_labels.numpy().tolist()) == [2, 3, 4, 5, 6]
 
 
+def _xbm_memory_terms(steps, **kwargs):
+    xbm = losses.CrossBatchMemory(losses.ContrastiveLoss(0.0, 0.5), embedding_size=3, **kwargs)
+    x, y = batch(2, 2, 3, seed=21)  # B = 4
+    return [float(xbm.loss_terms(y, x, training=True)["memory"]) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("memory_size, start_at, first", [
+    (8, 3, 5),    # M = 2 batches: the reference's queue fills for 2 steps after step 3
+    (12, 0, 3),   # M = 3
+    (10, 2, 5),   # M = ceil(10 / 4) = 3
+    (4, 0, 1),    # one batch of memory, no start delay: from the first step
+])
+def test_xbm_memory_term_starts_at_start_at_plus_memory_batches(memory_size, start_at, first):
+    # The reference: its pointer counts calls from 1 and the term is on when
+    # pointer >= start_at + batches_in_memory.
+    terms = _xbm_memory_terms(first + 2, memory_size=memory_size, start_at=start_at)
+    assert [t > 0 for t in terms] == [step >= first for step in range(1, first + 3)]
+    plain = _xbm_memory_terms(first + 2, memory_size=memory_size, start_at=start_at,
+                              delay_until_full=False)
+    assert [t > 0 for t in plain] == [step >= start_at + 1 for step in range(1, first + 3)]
+
+
+def test_xbm_state_is_in_layer_weights_and_checkpoints(tmp_path):
+    xbm = losses.CrossBatchMemory(losses.ContrastiveLoss(), embedding_size=3, memory_size=4)
+    names = {w.name for w in xbm.weights}
+    assert {"memory_embeddings", "memory_labels", "write_position", "step"} <= names
+    assert not xbm.trainable_weights
+    x, y = batch(2, 2, 3, seed=22)
+    xbm.loss_terms(y, x, training=True)
+    checkpoint = tf.train.Checkpoint(loss=xbm)
+    path = checkpoint.save(str(tmp_path / "ckpt"))
+    restored = losses.CrossBatchMemory(losses.ContrastiveLoss(), embedding_size=3, memory_size=4)
+    tf.train.Checkpoint(loss=restored).restore(path).assert_existing_objects_matched()
+    np.testing.assert_array_equal(restored.memory_labels.numpy(), y)
+    np.testing.assert_allclose(restored.memory_embeddings.numpy(), lip(x), rtol=1e-6)
+    assert int(restored.step.numpy()) == 1 and int(restored.write_position.numpy()) == 0
+    with pytest.raises(ValueError, match="start_at"):
+        losses.CrossBatchMemory(losses.ContrastiveLoss(), 3, 4, start_at=-1)
+
+
 def test_xbm_under_mirrored_strategy_keeps_replicas_identical():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
@@ -335,7 +376,8 @@ def test_xbm_under_mirrored_strategy_keeps_replicas_identical():
     for _ in range(2):
         values = strategy.experimental_local_results(strategy.run(step, args=(y, x)))
     assert values[0].numpy() == pytest.approx(values[1].numpy())
-    replicas = strategy.experimental_local_results(xbm.memory_labels)
+    # A Keras variable wraps the distributed tf.Variable in .value
+    replicas = strategy.experimental_local_results(xbm.memory_labels.value)
     np.testing.assert_array_equal(replicas[0].numpy(), replicas[1].numpy())
     np.testing.assert_array_equal(np.sort(replicas[0].numpy()), np.sort(y))  # 6 slots, 6 samples
 
@@ -359,6 +401,7 @@ ALL_LAYERS = [
     lambda: losses.SoftTripleLoss(4, 5, centers_per_class=2),
     lambda: losses.CCPLoss(losses.MultiSimilarityLoss(), 4, 5, proxies_per_class=3),
     lambda: losses.CrossBatchMemory(losses.ContrastiveLoss(), 5, 16, start_at=3),
+    lambda: losses.CrossBatchMemory(losses.ContrastiveLoss(), 5, 16, delay_until_full=False),
 ]
 
 

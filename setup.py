@@ -19,6 +19,8 @@ setup(
         "absl-py>=2.1,<3",
         "tensorflow-datasets>=4.9,<5",
         "pillow>=10,<14",
+        # Strict JPEG decoding (libjpeg warnings as errors) for the up-front image check.
+        "simplejpeg>=1.9,<2",
         "matplotlib>=3.8,<4",
         "h5py>=3.10,<4",
         "tqdm>=4.66,<5",

@@ -2,6 +2,7 @@
 
 Independent of `ccp`: records in, tf.data batches out.
 """
+from data_pipelines import _layout
 from data_pipelines import cars196
 from data_pipelines import cub
 from data_pipelines import digits
@@ -13,34 +14,52 @@ from data_pipelines.augment import eval_transform
 from data_pipelines.augment import train_transform
 from data_pipelines.folds import Fold
 from data_pipelines.folds import class_folds
+from data_pipelines.images import check_images
 from data_pipelines.pipelines import CorruptImageError
 from data_pipelines.pipelines import eval_dataset
 from data_pipelines.pipelines import one_per_class_dataset
 from data_pipelines.pipelines import train_dataset
 from data_pipelines.pipelines import validate_images
+from data_pipelines._layout import IncompleteDatasetError
 from data_pipelines.records import DatasetSplits
 from data_pipelines.records import Records
 from data_pipelines.records import concatenate
 from data_pipelines.samplers import MPerClassSampler
 from data_pipelines.samplers import one_per_class_indices
 
-LOADERS = {
+FILE_LOADERS = {  # read a user's copy; run _layout.Checks before returning
     "cub": cub.load,
     "cars196": cars196.load,
     "sop": sop.load,
     "inshop": inshop.load,
+}
+LOADERS = {
+    **FILE_LOADERS,
     "digits": digits.load,
 }
 
 
-def load(name, data_dir=None, **kwargs):
+def load(name, data_dir=None, skip_corrupt=False, allow_partial=False, **kwargs):
     """DatasetSplits of data set `name` read from `data_dir` (SPEC §7).
+
+    A file data set (FILE_LOADERS) is fully checked before this returns: layout, listed files,
+    the official class split, the published sizes, and every image decoded once (cached).
 
     Args:
       name: one of LOADERS ("cub", "cars196", "sop", "inshop", "digits").
       data_dir: the data set's root folder or its parent; None for "digits".
-      **kwargs: loader options (digits: image_size).
+      skip_corrupt: drop images that do not decode (one warning naming the count and the file
+        listing them) instead of raising CorruptImageError.
+      allow_partial: accept a copy smaller than the published one (missing files dropped, one
+        warning naming what is missing) instead of raising IncompleteDatasetError.
+      **kwargs: loader options: the other fields of _layout.Checks (cache_dir, report_path,
+        check_files, check_images) and `expected` for file data sets; digits: image_size.
+        Embedded data sets (no files) ignore the check options.
     """
     if name not in LOADERS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {sorted(LOADERS)}")
+    checks = {"skip_corrupt": skip_corrupt, "allow_partial": allow_partial}
+    if name in FILE_LOADERS:
+        return FILE_LOADERS[name](data_dir, **checks, **kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if k not in _layout.CHECK_OPTIONS}
     return LOADERS[name](data_dir, **kwargs)

@@ -1,9 +1,68 @@
 """Helpers shared by the data set loaders: finding the root folder, reading annotation files,
-checking that every listed image exists and that the published counts match (SPEC §7)."""
+the official class splits, and the checks every file loader runs before it returns (SPEC §7):
+listed files exist, the published sizes match, every image decodes (images.check_images).
+"""
+import dataclasses
 import os
 
 import numpy as np
 from absl import logging
+
+from data_pipelines import images
+from data_pipelines.records import DatasetSplits, Records
+
+SHOWN = 5  # missing files / class ids named in a message
+
+
+class IncompleteDatasetError(ValueError):
+    """A data set copy that differs from the published one (counts, classes, files)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Checks:
+    """What a file loader checks before returning (the keyword options of every loader).
+
+    Attributes:
+      allow_partial: accept a copy that differs from the published sizes (missing image files
+        are dropped, count mismatches logged) instead of raising IncompleteDatasetError.
+      skip_corrupt: drop images that do not decode (one warning) instead of raising
+        images.CorruptImageError.
+      check_files: stat every listed image.
+      check_images: fully decode every image once (images.check_images; cached on disk).
+      cache_dir: the decode cache folder (None: images.default_cache_dir(); "": no cache).
+      report_path: where the list of corrupt files is written (None: next to the cache).
+    """
+
+    allow_partial: bool = False
+    skip_corrupt: bool = False
+    check_files: bool = True
+    check_images: bool = True
+    cache_dir: str | None = None
+    report_path: str | None = None
+
+
+CHECK_OPTIONS = tuple(field.name for field in dataclasses.fields(Checks))
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSize:
+    """The published size of one split.
+
+    Attributes:
+      images: number of images.
+      classes: number of classes (None: not checked); set from `class_ids` when given.
+      class_ids: the split's class ids when the data set fixes them (CUB, Cars196), else None.
+    """
+
+    images: int
+    classes: int | None = None
+    class_ids: tuple | None = None
+
+    def __post_init__(self):
+        if self.class_ids is not None:
+            ids = tuple(int(c) for c in self.class_ids)
+            object.__setattr__(self, "class_ids", ids)
+            object.__setattr__(self, "classes", len(ids))
 
 
 def resolve_root(data_dir, marker, subfolders, dataset, layout):
@@ -81,70 +140,125 @@ def parse_int(text, path, what):
         raise ValueError(f"{path}: expected an integer {what}, got {text!r}") from None
 
 
-def check_images_exist(paths, dataset, shown=5):
-    """Stats every path; FileNotFoundError listing the first `shown` missing ones and the count."""
-    missing = [p for p in paths if not os.path.isfile(p)]
+def present_files(paths, dataset, checks):
+    """bool [N]: which listed image files exist (all True when not `checks.check_files`).
+
+    Raises:
+      FileNotFoundError: files are missing and not `checks.allow_partial` (the message lists
+        the first few and the count); with `allow_partial` one warning names them instead.
+    """
+    if not checks.check_files:
+        return np.ones(len(paths), dtype=bool)
+    present = np.array([os.path.isfile(p) for p in paths], dtype=bool)
+    missing = [p for p, here in zip(paths, present) if not here]
     if missing:
-        listing = "\n  ".join(missing[:shown])
-        raise FileNotFoundError(
-            f"{dataset}: {len(missing)} of {len(paths)} image files listed in the annotations "
-            f"are missing, e.g.\n  {listing}"
-        )
+        listing = "\n  ".join(missing[:SHOWN])
+        message = (f"{dataset}: {len(missing)} of {len(paths)} image files listed in the "
+                   f"annotations are missing, e.g.\n  {listing}")
+        if not checks.allow_partial:
+            raise FileNotFoundError(
+                f"{message}\npass --allow_partial (allow_partial=True) to use the files that "
+                "are there")
+        logging.warning("%s\ncontinuing without them (allow_partial)", message)
+    return present
 
 
-def check_counts(dataset, root, expected, found):
-    """Logs one warning when counts differ from the published ones (SPEC §7).
+def _listed(ids):
+    ids = [int(i) for i in ids]
+    shown = ", ".join(str(i) for i in ids[:SHOWN])
+    return shown + (f", ... ({len(ids)} in all)" if len(ids) > SHOWN else "")
+
+
+def size_mismatches(expected, found):
+    """['<split> images: expected E, found F', ...] for every count that differs.
 
     Args:
-      expected, found: dicts name -> int with the same keys (e.g. "train images").
-    Returns:
-      True when every count matches.
+      expected: {split name: SplitSize}.
+      found: {split name: Records}.
     """
-    mismatches = [k for k in expected if expected[k] != found[k]]
-    if mismatches:
-        details = "; ".join(
-            f"{k}: expected {expected[k]:,}, found {found[k]:,}" for k in mismatches
-        )
-        logging.warning(
-            "%s at %s does not have the published size (%s); continuing with what is there",
-            dataset, root, details,
-        )
-    return not mismatches
+    problems = []
+    for split, size in expected.items():
+        records = found[split]
+        if len(records) != size.images:
+            problems.append(f"{split} images: expected {size.images:,}, found {len(records):,}")
+        ids = records.classes.tolist()
+        if size.class_ids is not None:
+            missing = sorted(set(size.class_ids) - set(ids))
+            extra = sorted(set(ids) - set(size.class_ids))
+            if missing or extra:
+                what = [f"missing class ids {_listed(missing)}"] if missing else []
+                what += [f"unexpected class ids {_listed(extra)}"] if extra else []
+                problems.append(f"{split} classes: expected {size.classes:,}, found "
+                                f"{len(ids):,} ({'; '.join(what)})")
+        elif size.classes is not None and len(ids) != size.classes:
+            problems.append(f"{split} classes: expected {size.classes:,}, found {len(ids):,}")
+    return problems
 
 
-def first_half_classes(class_ids):
-    """The first half (by sorted id) of the classes; for 200 CUB classes, ids 1..100."""
-    return sorted(class_ids)[: len(class_ids) // 2]
+def check_sizes(dataset, root, expected, found, allow_partial):
+    """Compares the splits with their published sizes (SPEC §7).
+
+    Raises:
+      IncompleteDatasetError naming every mismatch (split, expected vs found, missing class
+      ids), unless `allow_partial`, which logs the same as one warning.
+    """
+    problems = size_mismatches(expected, found)
+    if not problems:
+        return
+    message = (f"{dataset} at {root} does not have the published size (SPEC §7): "
+               + "; ".join(problems))
+    if not allow_partial:
+        raise IncompleteDatasetError(
+            f"{message}\npass --allow_partial (allow_partial=True) to use a partial copy")
+    logging.warning("%s; continuing with what is there (allow_partial)", message)
 
 
-def split_by_classes(labels, paths, train_classes):
-    """(train labels, train paths, test labels, test paths) of records split by class."""
-    is_train = np.isin(labels, train_classes)
-    train_paths = tuple(p for p, t in zip(paths, is_train) if t)
-    test_paths = tuple(p for p, t in zip(paths, is_train) if not t)
-    return labels[is_train], train_paths, labels[~is_train], test_paths
-
-
-def half_class_split(key, name, root, labels, paths, expected, check_files):
-    """The class-disjoint splits of CUB and Cars196: train on the first half of the classes.
+def finish(splits, dataset, root, expected, checks):
+    """The checks every file loader ends with: published sizes, then every image decoded.
 
     Args:
-      key: registry name of the result ("cub"); name: display name for messages; root: folder.
+      splits: DatasetSplits as listed (missing files already handled by present_files).
+      dataset: display name; root: the data set's folder (messages).
+      expected: {split name ("train", "test", "query", "gallery"): SplitSize}.
+      checks: Checks.
+    Returns:
+      `splits`, without corrupt images when `checks.skip_corrupt`.
+    """
+    found = {"train": splits.train, "test": splits.test, "query": splits.query,
+             "gallery": splits.gallery}
+    check_sizes(dataset, root, expected, found, checks.allow_partial)
+    if not checks.check_images:
+        return splits
+    return images.check_images(splits, skip_corrupt=checks.skip_corrupt,
+                               allow_partial=checks.allow_partial, cache_dir=checks.cache_dir,
+                               report_path=checks.report_path, name=dataset)
+
+
+def class_id_split(key, dataset, root, labels, paths, train_ids, test_ids, expected, checks):
+    """The class-disjoint splits of CUB and Cars196, fixed by class id (never by what is there).
+
+    Args:
+      key: registry name of the result ("cub"); dataset: display name; root: its folder.
       labels: int64 ``[N]`` original class ids; paths: ``N`` absolute image paths.
-      expected: the published counts (SPEC §7) checked by :func:`check_counts`.
-      check_files: stat every image first.
+      train_ids, test_ids: the official class ids of each split (CUB: 1-100 / 101-200).
+      expected: {"train": SplitSize, "test": SplitSize} checked by :func:`check_sizes`.
+      checks: Checks.
     Returns:
-      ``DatasetSplits(name, train, test)``.
+      ``DatasetSplits(key, train, test)``.
+    Raises:
+      ValueError: a class id belongs to neither split.
     """
-    from data_pipelines.records import DatasetSplits, Records
-
-    if check_files:
-        check_images_exist(paths, name)
-    train_classes = first_half_classes(np.unique(labels).tolist())
-    train_labels, train_paths, test_labels, test_paths = split_by_classes(labels, paths, train_classes)
-    train = Records(train_labels, paths=train_paths)
-    test = Records(test_labels, paths=test_paths)
-    check_counts(name, root, expected,
-                 {"train classes": train.num_classes, "train images": len(train),
-                  "test classes": test.num_classes, "test images": len(test)})
-    return DatasetSplits(name=key, train=train, test=test)
+    labels = np.asarray(labels, dtype=np.int64)
+    in_train, in_test = np.isin(labels, list(train_ids)), np.isin(labels, list(test_ids))
+    stray = np.unique(labels[~(in_train | in_test)])
+    if stray.size:
+        raise ValueError(
+            f"{dataset} at {root}: class ids {_listed(stray)} are not {dataset} classes "
+            f"({min(train_ids)}-{max(test_ids)})")
+    present = present_files(paths, dataset, checks)
+    train_at, test_at = np.flatnonzero(in_train & present), np.flatnonzero(in_test & present)
+    splits = DatasetSplits(
+        name=key,
+        train=Records(labels[train_at], paths=tuple(paths[i] for i in train_at)),
+        test=Records(labels[test_at], paths=tuple(paths[i] for i in test_at)))
+    return finish(splits, dataset, root, expected, checks)

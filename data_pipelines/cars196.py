@@ -7,8 +7,8 @@ Layout (the "cars_annos.mat + car_ims" release)::
                           class (1..196) and test (0/1)
   <root>/car_ims/000001.jpg ...
 
-The DML split is by CLASS, not by the `test` flag: train = the first half of the sorted class
-ids (1-98, 8,054 images), test = the rest (99-196, 8,131 images). Labels are the original ids.
+The DML split is by CLASS, not by the `test` flag, and fixed by class id: train = classes 1-98
+(8,054 images), test = classes 99-196 (8,131 images). Labels are the original ids.
 """
 import os
 
@@ -24,7 +24,10 @@ LAYOUT = (
     "cars_annos.mat (struct array 'annotations' with fields relative_im_path, class, test, "
     "bbox_*) and the images car_ims/000001.jpg ..."
 )
-EXPECTED = {"train classes": 98, "train images": 8054, "test classes": 98, "test images": 8131}
+TRAIN_CLASSES = tuple(range(1, 99))
+TEST_CLASSES = tuple(range(99, 197))
+EXPECTED = {"train": _layout.SplitSize(8054, class_ids=TRAIN_CLASSES),
+            "test": _layout.SplitSize(8131, class_ids=TEST_CLASSES)}
 REQUIRED_FIELDS = ("relative_im_path", "class")
 
 
@@ -51,20 +54,26 @@ def read_annotations(mat_path):
     return rel_paths, labels
 
 
-def load(data_dir=None, check_files=True):
+def load(data_dir=None, expected=None, **checks):
     """Reads Cars196 from `data_dir` (the folder holding cars_annos.mat, or its parent).
 
     Args:
       data_dir: folder path (str).
-      check_files: stat every listed image and fail on missing ones.
+      expected: {"train", "test": _layout.SplitSize}; None for the published EXPECTED.
+      **checks: fields of _layout.Checks (allow_partial, skip_corrupt, check_files,
+        check_images, cache_dir, report_path).
     Returns:
       DatasetSplits(name="cars196", train, test) with file records and original class ids.
     Raises:
       FileNotFoundError: cars_annos.mat or a listed image is missing.
       ValueError: the .mat file does not hold the expected struct array.
+      _layout.IncompleteDatasetError: not the published size (unless allow_partial).
+      images.CorruptImageError: images that do not decode (unless skip_corrupt).
     """
+    checks = _layout.Checks(**checks)
     root = _layout.resolve_root(data_dir, "cars_annos.mat", SUBFOLDERS, NAME, LAYOUT)
     mat_path = _layout.require_file(root, "cars_annos.mat", NAME, LAYOUT)
     rel_paths, labels = read_annotations(mat_path)
     paths = [os.path.join(root, rel) for rel in rel_paths]
-    return _layout.half_class_split("cars196", NAME, root, labels, paths, EXPECTED, check_files)
+    return _layout.class_id_split("cars196", NAME, root, labels, paths, TRAIN_CLASSES,
+                                  TEST_CLASSES, expected or EXPECTED, checks)

@@ -30,8 +30,9 @@ LAYOUT = (
     "(line 1: count, line 2: header, then 'path item_id status' with status "
     "train/query/gallery) and the listed images under img/ (or Img/img/)"
 )
-EXPECTED = {"train items": 3997, "train images": 25882, "test items": 3985,
-            "query images": 14218, "gallery images": 12612}
+EXPECTED = {"train": _layout.SplitSize(25882, classes=3997),
+            "test": _layout.SplitSize(14218 + 12612, classes=3985),
+            "query": _layout.SplitSize(14218), "gallery": _layout.SplitSize(12612)}
 STATUSES = ("train", "query", "gallery")
 
 
@@ -52,18 +53,26 @@ def image_base(root):
     return root
 
 
-def load(data_dir=None, check_files=True):
+def load(data_dir=None, expected=None, **checks):
     """Reads In-shop from `data_dir` (the folder holding Eval/, or its parent).
+
+    The split is the one of the partition file.
 
     Args:
       data_dir: folder path (str).
-      check_files: stat every listed image and fail on missing ones.
+      expected: {"train", "test", "query", "gallery": _layout.SplitSize} ("test": query and
+        gallery together, classes = items); None for the published EXPECTED.
+      **checks: fields of _layout.Checks (allow_partial, skip_corrupt, check_files,
+        check_images, cache_dir, report_path).
     Returns:
       DatasetSplits(name="inshop", train, test=query+gallery, query, gallery).
     Raises:
       FileNotFoundError: the partition file or a listed image is missing.
       ValueError: a malformed partition line or an unknown status.
+      _layout.IncompleteDatasetError: not the published size (unless allow_partial).
+      images.CorruptImageError: images that do not decode (unless skip_corrupt).
     """
+    checks = _layout.Checks(**checks)
     root = _layout.resolve_root(data_dir, PARTITION, SUBFOLDERS, NAME, LAYOUT)
     partition = _layout.require_file(root, PARTITION, NAME, LAYOUT)
     with open(partition, encoding="utf-8") as handle:
@@ -74,18 +83,19 @@ def load(data_dir=None, check_files=True):
         logging.warning("%s: %s line 1 declares %d images but lists %d",
                         NAME, partition, declared, len(rows))
     base = image_base(root)
-    groups = {status: ([], []) for status in STATUSES}
-    for rel, item_id, status in rows:
-        if status not in groups:
+    for rel, _, status in rows:
+        if status not in STATUSES:
             raise ValueError(
                 f"{NAME}: {partition}: unknown evaluation status {status!r} for {rel} "
                 f"(expected one of {', '.join(STATUSES)})"
             )
-        groups[status][0].append(os.path.join(base, rel))
-        groups[status][1].append(item_number(item_id, partition))
-    if check_files:
-        _layout.check_images_exist([p for paths, _ in groups.values() for p in paths], NAME)
-
+    paths = [os.path.join(base, rel) for rel, _, _ in rows]
+    present = _layout.present_files(paths, NAME, checks)
+    groups = {status: ([], []) for status in STATUSES}
+    for (_, item_id, status), path, here in zip(rows, paths, present):
+        if here:
+            groups[status][0].append(path)
+            groups[status][1].append(item_number(item_id, partition))
     train, query, gallery = (
         Records(np.array(groups[s][1], dtype=np.int64), paths=tuple(groups[s][0]))
         for s in STATUSES
@@ -97,10 +107,5 @@ def load(data_dir=None, check_files=True):
             f"{NAME}: {partition}: {shared.size} items appear in train and in query/gallery "
             f"(e.g. {shared[:5].tolist()}); the splits must be item-disjoint"
         )
-    _layout.check_counts(
-        NAME, root, EXPECTED,
-        {"train items": train.num_classes, "train images": len(train),
-         "test items": test.num_classes, "query images": len(query),
-         "gallery images": len(gallery)},
-    )
-    return DatasetSplits(name="inshop", train=train, test=test, query=query, gallery=gallery)
+    splits = DatasetSplits(name="inshop", train=train, test=test, query=query, gallery=gallery)
+    return _layout.finish(splits, NAME, root, expected or EXPECTED, checks)

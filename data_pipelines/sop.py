@@ -23,8 +23,8 @@ LAYOUT = (
     "and Ebay_test.txt (header 'image_id class_id super_class_id path', then one image per "
     "line) and the image folders they list"
 )
-EXPECTED = {"train classes": 11318, "train images": 59551, "test classes": 11316,
-            "test images": 60502}
+EXPECTED = {"train": _layout.SplitSize(59551, classes=11318),
+            "test": _layout.SplitSize(60502, classes=11316)}
 
 
 def read_split(root, filename):
@@ -43,34 +43,39 @@ def read_split(root, filename):
     return paths, labels
 
 
-def load(data_dir=None, check_files=True):
+def load(data_dir=None, expected=None, **checks):
     """Reads SOP from `data_dir` (the Stanford_Online_Products folder or its parent).
+
+    The split is the one of the two files, whatever the class ids.
 
     Args:
       data_dir: folder path (str).
-      check_files: stat every listed image and fail on missing ones.
+      expected: {"train", "test": _layout.SplitSize}; None for the published EXPECTED.
+      **checks: fields of _layout.Checks (allow_partial, skip_corrupt, check_files,
+        check_images, cache_dir, report_path).
     Returns:
       DatasetSplits(name="sop", train, test) with file records and original class ids.
     Raises:
       FileNotFoundError: a split file or listed image is missing.
       ValueError: a split file is malformed, or train and test share classes.
+      _layout.IncompleteDatasetError: not the published size (unless allow_partial).
+      images.CorruptImageError: images that do not decode (unless skip_corrupt).
     """
+    checks = _layout.Checks(**checks)
     root = _layout.resolve_root(data_dir, "Ebay_train.txt", SUBFOLDERS, NAME, LAYOUT)
     train_paths, train_labels = read_split(root, "Ebay_train.txt")
     test_paths, test_labels = read_split(root, "Ebay_test.txt")
-    if check_files:
-        _layout.check_images_exist(train_paths + test_paths, NAME)
     shared = np.intersect1d(train_labels, test_labels)
     if shared.size:
         raise ValueError(
             f"{NAME}: Ebay_train.txt and Ebay_test.txt share {shared.size} class ids "
             f"(e.g. {shared[:5].tolist()}); the splits must be class-disjoint"
         )
-    train = Records(train_labels, paths=tuple(train_paths))
-    test = Records(test_labels, paths=tuple(test_paths))
-    _layout.check_counts(
-        NAME, root, EXPECTED,
-        {"train classes": train.num_classes, "train images": len(train),
-         "test classes": test.num_classes, "test images": len(test)},
-    )
-    return DatasetSplits(name="sop", train=train, test=test)
+    present = _layout.present_files(train_paths + test_paths, NAME, checks)
+    train_here, test_here = present[:len(train_paths)], present[len(train_paths):]
+    train = Records(train_labels[train_here],
+                    paths=tuple(p for p, here in zip(train_paths, train_here) if here))
+    test = Records(test_labels[test_here],
+                   paths=tuple(p for p, here in zip(test_paths, test_here) if here))
+    splits = DatasetSplits(name="sop", train=train, test=test)
+    return _layout.finish(splits, NAME, root, expected or EXPECTED, checks)

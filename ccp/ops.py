@@ -98,3 +98,31 @@ def pair_masks(labels, ref_labels=None):
         n = tf.shape(labels)[0]
         pos = tf.logical_and(pos, tf.logical_not(tf.eye(n, dtype=tf.bool)))
     return pos, neg
+
+
+def snr_distances(a, b=None):
+    """Signal-to-noise-ratio distances (Yuan et al., CVPR 2019): ``var(b_j - a_i) / var(a_i)``.
+
+    The variances are over the ``D`` features of one vector (population variance; the ratio does
+    not depend on the normalizer). Rows are anchors: the distance is NOT symmetric, the anchor's
+    own variance is the signal. The noise variance is
+    ``(|a_i - mean(a_i)|^2 + |b_j - mean(b_j)|^2 - 2 <centered a_i, centered b_j>) / D``,
+    clamped at 0, so ``[N, M]`` memory suffices.
+
+    Args:
+      a: float ``[N, D]`` anchors.
+      b: float ``[M, D]`` references, or None (``b = a``; the diagonal is exactly 0).
+    Returns:
+      float ``[N, M]``.
+    """
+    a = tf.convert_to_tensor(a)
+    same_set = b is None
+    b = a if same_set else tf.convert_to_tensor(b, dtype=a.dtype)
+    a_centered = a - tf.reduce_mean(a, axis=1, keepdims=True)
+    b_centered = b - tf.reduce_mean(b, axis=1, keepdims=True)
+    # Centered vectors: a zero-mean difference, so var(b_j - a_i) = |centered diff|^2 / D.
+    noise = pairwise_squared_distances(a_centered, None if same_set else b_centered)
+    signal = tf.reduce_sum(tf.square(a_centered), axis=1, keepdims=True)
+    # The 1/D factors cancel; a constant anchor vector (no signal) must not divide by zero.
+    tiny = tf.constant(1e-12, a.dtype)
+    return noise / tf.maximum(signal, tiny)

@@ -1,13 +1,19 @@
 """Loss layers (SPEC §4, §10): ``layer(labels [B], raw embeddings [B, D]) -> scalar float32``."""
 from ccp.losses.base import MetricLoss, PairLoss, mean_of_positive_terms
 from ccp.losses.ccp import CCPLoss
+from ccp.losses.circle import CircleLoss
+from ccp.losses.distances import Distance, EuclideanDistance, SNRDistance
+from ccp.losses.fastap import FastAPLoss
 from ccp.losses.pair import (ContrastiveLoss, CosineContrastiveLoss, MarginLoss,
                              MultiSimilarityLoss, TripletLoss)
 from ccp.losses.proxy import ProxyAnchorLoss, ProxyLoss, ProxyNCALoss, SoftTripleLoss
+from ccp.losses.ranked_list import RankedListLoss
 from ccp.losses.xbm import CrossBatchMemory
 
 __all__ = [
     "CCPLoss", "ContrastiveLoss", "CosineContrastiveLoss", "CrossBatchMemory", "MarginLoss",
     "MetricLoss", "MultiSimilarityLoss", "PairLoss", "ProxyAnchorLoss", "ProxyLoss",
     "ProxyNCALoss", "SoftTripleLoss", "TripletLoss", "mean_of_positive_terms",
+    # Literature losses and distances (issue 17).
+    "CircleLoss", "Distance", "EuclideanDistance", "FastAPLoss", "RankedListLoss", "SNRDistance",
 ]

@@ -8,7 +8,9 @@ import keras
 import tensorflow as tf
 
 from ccp import ops
+from ccp.losses import distances
 from ccp.losses.base import PairLoss, mean_of_positive_terms
+from ccp.losses.rho import RhoSwitchMixin
 
 
 def contrastive(dists, pos_mask, neg_mask, pos_margin, neg_margin):
@@ -106,19 +108,26 @@ def margin_loss(dists, pos_mask, neg_mask, margin, beta):
 
 @keras.saving.register_keras_serializable(package="ccp")
 class ContrastiveLoss(PairLoss):
-    """C2: contrastive loss with two margins (SPEC §4)."""
+    """C2: contrastive loss with two margins (SPEC §4).
 
-    def __init__(self, pos_margin=0.0, neg_margin=0.5, **kwargs):
+    ``distance``: "euclidean" (default), "snr" or a ``ccp.losses.distances.Distance``; its
+    regularizer (SNR: zero-mean) is added on the query embeddings.
+    """
+
+    def __init__(self, pos_margin=0.0, neg_margin=0.5, distance="euclidean", **kwargs):
         super().__init__(**kwargs)
         self.pos_margin, self.neg_margin = float(pos_margin), float(neg_margin)
+        self.distance = distances.get(distance)
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
-        dists = ops.pairwise_distances(embeddings, ref_embeddings)
+        dists = self.distance(embeddings, ref_embeddings)
         pos, neg = ops.pair_masks(labels, ref_labels)
-        return contrastive(dists, pos, neg, self.pos_margin, self.neg_margin)
+        loss = contrastive(dists, pos, neg, self.pos_margin, self.neg_margin)
+        return loss + self.distance.regularizer(embeddings)
 
     def get_config(self):
-        return {**super().get_config(), "pos_margin": self.pos_margin, "neg_margin": self.neg_margin}
+        return {**super().get_config(), "pos_margin": self.pos_margin,
+                "neg_margin": self.neg_margin, "distance": distances.serialize(self.distance)}
 
 
 @keras.saving.register_keras_serializable(package="ccp")
@@ -139,20 +148,28 @@ class CosineContrastiveLoss(PairLoss):
 
 
 @keras.saving.register_keras_serializable(package="ccp")
-class TripletLoss(PairLoss):
-    """Triplet loss over all valid triplets, mean over non-zero terms (SPEC §4)."""
+class TripletLoss(RhoSwitchMixin, PairLoss):
+    """Triplet loss over all valid triplets, mean over non-zero terms (SPEC §4).
 
-    def __init__(self, margin=0.1, **kwargs):
+    ``distance``: as ``ContrastiveLoss``. ``p_switch`` > 0 turns on rho-regularization
+    (``ccp.losses.rho``, paper value 0.2), drawn from ``switch_seed`` and a checkpointed counter.
+    """
+
+    def __init__(self, margin=0.1, distance="euclidean", p_switch=0.0, switch_seed=0, **kwargs):
         super().__init__(**kwargs)
         self.margin = float(margin)
+        self.distance = distances.get(distance)
+        self._init_switch(p_switch, switch_seed)
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
-        dists = ops.pairwise_distances(embeddings, ref_embeddings)
+        dists = self.distance(embeddings, ref_embeddings)
         pos, neg = ops.pair_masks(labels, ref_labels)
-        return triplet(dists, pos, neg, self.margin)
+        dists, pos, neg = self._maybe_switch(dists, pos, neg)
+        return triplet(dists, pos, neg, self.margin) + self.distance.regularizer(embeddings)
 
     def get_config(self):
-        return {**super().get_config(), "margin": self.margin}
+        return {**super().get_config(), "margin": self.margin,
+                "distance": distances.serialize(self.distance), **self._switch_config()}
 
 
 @keras.saving.register_keras_serializable(package="ccp")
@@ -176,7 +193,7 @@ class MultiSimilarityLoss(PairLoss):
 
 
 @keras.saving.register_keras_serializable(package="ccp")
-class MarginLoss(PairLoss):
+class MarginLoss(RhoSwitchMixin, PairLoss):
     """Margin loss with a learnable boundary ``beta`` (Wu et al. 2017), all pairs.
 
     Args:
@@ -184,12 +201,17 @@ class MarginLoss(PairLoss):
       beta_init: initial boundary beta.
       num_classes: one beta per class (indexed by the anchor's label) when given, else one.
       nu: weight of the paper's ``nu * beta`` regularizer (mean beta of the anchor rows).
+      distance: as ``ContrastiveLoss``.
+      p_switch, switch_seed: rho-regularization as ``TripletLoss``.
     """
 
-    def __init__(self, margin=0.2, beta_init=1.2, num_classes=None, nu=0.0, **kwargs):
+    def __init__(self, margin=0.2, beta_init=1.2, num_classes=None, nu=0.0, distance="euclidean",
+                 p_switch=0.0, switch_seed=0, **kwargs):
         super().__init__(**kwargs)
         self.margin, self.beta_init, self.nu = float(margin), float(beta_init), float(nu)
         self.num_classes = None if num_classes is None else int(num_classes)
+        self.distance = distances.get(distance)
+        self._init_switch(p_switch, switch_seed)
         self.build()
 
     def build(self, input_shape=None):
@@ -198,8 +220,9 @@ class MarginLoss(PairLoss):
                                     initializer=keras.initializers.Constant(self.beta_init))
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
-        dists = ops.pairwise_distances(embeddings, ref_embeddings)
+        dists = self.distance(embeddings, ref_embeddings)
         pos, neg = ops.pair_masks(labels, ref_labels)
+        dists, pos, neg = self._maybe_switch(dists, pos, neg)
         if self.num_classes is None:
             beta = tf.convert_to_tensor(self.beta)
             beta_mean = beta
@@ -208,8 +231,10 @@ class MarginLoss(PairLoss):
             beta = beta_rows[:, None]
             beta_mean = tf.reduce_mean(beta_rows)
         # The paper's nu * beta regularizer, added unconditionally as the reference does.
-        return margin_loss(dists, pos, neg, self.margin, beta) + self.nu * beta_mean
+        loss = margin_loss(dists, pos, neg, self.margin, beta) + self.nu * beta_mean
+        return loss + self.distance.regularizer(embeddings)
 
     def get_config(self):
         return {**super().get_config(), "margin": self.margin, "beta_init": self.beta_init,
-                "num_classes": self.num_classes, "nu": self.nu}
+                "num_classes": self.num_classes, "nu": self.nu,
+                "distance": distances.serialize(self.distance), **self._switch_config()}

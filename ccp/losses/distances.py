@@ -1,0 +1,102 @@
+"""Distances the distance-based pair losses compose with (C2, triplet, margin, ranked list).
+
+A distance is a small serializable object: ``distance(a, b=None) -> [N, M]`` (rows anchors,
+columns references, ``b=None`` meaning the anchors are their own references with a zero
+diagonal) and ``distance.regularizer(embeddings [B, D]) -> scalar`` (a term the loss adds on its
+query embeddings; 0 for the Euclidean distance). Losses take ``distance="euclidean" | "snr"`` or
+an instance; :func:`get` is the one place that resolves a name.
+"""
+import keras
+import tensorflow as tf
+
+from ccp import ops
+
+SNR_REGULARIZATION_WEIGHT = 1e-3
+
+
+class Distance:
+    """Base class: subclasses implement ``__call__`` and may override ``regularizer``."""
+
+    name = None
+
+    def __call__(self, a, b=None):
+        raise NotImplementedError
+
+    def regularizer(self, embeddings):
+        """Scalar added to the loss for the query embeddings ``[B, D]``."""
+        return tf.constant(0.0, tf.convert_to_tensor(embeddings).dtype)
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+
+
+@keras.saving.register_keras_serializable(package="ccp")
+class EuclideanDistance(Distance):
+    """L2 distance ``||a_i - b_j||`` with the NaN-free gradient at 0 (SPEC §3)."""
+
+    name = "euclidean"
+
+    def __call__(self, a, b=None):
+        return ops.pairwise_distances(a, b)
+
+
+@keras.saving.register_keras_serializable(package="ccp")
+class SNRDistance(Distance):
+    """SNR distance ``var(b_j - a_i) / var(a_i)`` (Yuan et al., CVPR 2019), ``ops.snr_distances``.
+
+    Args:
+      regularization_weight: lambda of the paper's zero-mean regularizer
+        ``lambda * mean_i |sum_k x_ik|`` on the query embeddings (PML's ``ZeroMeanRegularizer``);
+        0 disables it.
+    """
+
+    name = "snr"
+
+    def __init__(self, regularization_weight=SNR_REGULARIZATION_WEIGHT):
+        self.regularization_weight = float(regularization_weight)
+        if self.regularization_weight < 0:
+            raise ValueError("SNRDistance: regularization_weight must be >= 0, got "
+                             f"{regularization_weight}")
+
+    def __call__(self, a, b=None):
+        return ops.snr_distances(a, b)
+
+    def regularizer(self, embeddings):
+        embeddings = tf.convert_to_tensor(embeddings)
+        zero_mean = tf.reduce_mean(tf.abs(tf.reduce_sum(embeddings, axis=1)))
+        return self.regularization_weight * zero_mean
+
+    def get_config(self):
+        return {"regularization_weight": self.regularization_weight}
+
+
+REGISTRY = {cls.name: cls for cls in (EuclideanDistance, SNRDistance)}
+
+
+def get(identifier):
+    """A :class:`Distance` from a registered name, a serialized dict or an instance."""
+    if isinstance(identifier, Distance):
+        return identifier
+    if isinstance(identifier, str) and identifier in REGISTRY:
+        return REGISTRY[identifier]()
+    if isinstance(identifier, dict):
+        distance = keras.saving.deserialize_keras_object(identifier)
+        if isinstance(distance, Distance):
+            return distance
+    raise ValueError(f"distance must be one of {sorted(REGISTRY)} or a "
+                     f"ccp.losses.distances.Distance, got {identifier!r}")
+
+
+def serialize(distance):
+    """The config form of a distance (what the losses store in ``get_config``)."""
+    return keras.saving.serialize_keras_object(distance)

@@ -27,21 +27,32 @@ import:
     f = tf.saved_model.load(export_dir).signatures["serving_default"]
     embeddings = f(images=tf.constant(uint8_images))["embeddings"]
 
-CLI: ``python -m ccp.export embed --model DIR --images FOLDER --out emb.npy [--batch_size 64]``
-writes ``[N, D]`` float32 embeddings and ``emb.txt`` with the image paths in row order.
+CLI: ``python -m ccp.export embed --model DIR --images FOLDER --out emb.npy [--batch_size 64]
+[--skip_corrupt]`` writes ``[N, D]`` float32 embeddings and ``emb.txt`` with the image paths in
+row order. Every image is fully decoded up front: a corrupt one (TF cannot decode it, or a JPEG
+decodes only with a libjpeg data warning) is an error naming it, or with ``--skip_corrupt`` it
+is reported on stderr and left out.
 """
 import argparse
+import concurrent.futures
 import numbers
 import os
 import sys
 
 import keras
 import numpy as np
+import simplejpeg
 import tensorflow as tf
 
 from ccp import layers as ccp_layers
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+JPEG_SOI = b"\xff\xd8\xff"
+# libjpeg warnings about metadata only (the pixels are right); the same list as
+# data_pipelines.images.BENIGN_JPEG_WARNINGS (a test keeps them equal; ccp cannot import it).
+BENIGN_JPEG_WARNINGS = ("bad ICC marker", "JFIF revision", "Adobe color transform",
+                        "JFIF extension marker")
+SHOWN = 5  # bad images named in an error
 NORMALIZATIONS = ("l2", "lipschitz")
 SERVING_KEY = "serving_default"
 CROPPED_KEY = "serving_cropped"
@@ -237,26 +248,100 @@ def read_image(path):
     return image
 
 
-def embed_folder(export_dir, folder, batch_size=64):
-    """Embeds every image below ``folder`` with an exported embedder.
+def _jpeg_warning(data):
+    """The libjpeg warning a JPEG decodes with (damage TF decodes past silently), else None."""
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+        return None
+    except ValueError as error:
+        warning = str(error)
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False)
+    except ValueError:
+        return None  # not a warning but a fatal error: the TF decode reports it
+    return None if any(b in warning for b in BENIGN_JPEG_WARNINGS) else warning
 
-    Each image is decoded and preprocessed on its own (sizes differ), then the crops run
-    through the model in batches of ``batch_size`` ("serving_cropped"; the same computation as
-    "serving_default").
+
+def image_problem(path):
+    """None if the file decodes cleanly, else why (str).
+
+    Cleanly: TensorFlow decodes it (the decoder embedding uses), and a JPEG decodes without a
+    libjpeg data warning such as "Corrupt JPEG data: N extraneous bytes" (damage in the middle
+    of the file, which TF decodes past silently). Reads and decodes the whole file.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        return f"unreadable ({error.strerror or error})"
+    if data.startswith(JPEG_SOI):
+        warning = _jpeg_warning(data)
+        if warning is not None:
+            return f"corrupt JPEG ({warning})"
+    try:
+        tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    except tf.errors.InvalidArgumentError as error:
+        return f"cannot decode ({error.message.splitlines()[0]})"
+    return None
+
+
+def checked_images(folder, skip_corrupt=False, num_threads=8):
+    """The images below ``folder``, each fully decoded once first (``num_threads`` threads).
 
     Returns:
-      ``(embeddings float32 [N, D], paths [N])``, rows in sorted path order.
+      ``(paths, bad)``: the sorted paths that decode cleanly, and ``[(path, reason)]`` of the
+      others (only when ``skip_corrupt``).
+    Raises:
+      ValueError: bad images and not ``skip_corrupt`` (names the first few and the count), or
+        no image decodes.
+    """
+    paths = list_images(folder)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=num_threads) as pool:
+        problems = list(pool.map(image_problem, paths))
+    bad = [(p, why) for p, why in zip(paths, problems) if why is not None]
+    if bad and (not skip_corrupt or len(bad) == len(paths)):
+        listing = "".join(f"\n  {p}: {why}" for p, why in bad[:SHOWN])
+        more = f"\n  ... and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
+        hint = ("no image left to embed" if skip_corrupt
+                else "pass --skip_corrupt (skip_corrupt=True) to embed the others")
+        raise ValueError(f"{len(bad)} of {len(paths)} images in {folder!r} are corrupt or "
+                         f"unreadable:{listing}{more}\n{hint}")
+    return [p for p, why in zip(paths, problems) if why is None], bad
+
+
+def embed_files(embedder, paths, batch_size=64):
+    """Embeds image files with an exported embedder: float32 ``[N, D]``, rows in ``paths`` order.
+
+    ``embedder`` is a :class:`LoadedEmbedder` or its export folder. Each image is decoded and
+    preprocessed on its own (sizes differ), then the crops run through the model in batches of
+    ``batch_size`` ("serving_cropped"; the same computation as "serving_default"). A file that
+    does not decode is a ValueError naming it.
     """
     _check_positive_int(batch_size, "batch_size")
-    embedder = load_embedder(export_dir)
-    paths = list_images(folder)
+    if not isinstance(embedder, LoadedEmbedder):
+        embedder = load_embedder(embedder)
     rows, crops = [], []
     for index, path in enumerate(paths):
         crops.append(eval_preprocess(read_image(path)[None], embedder.image_size)[0])
         if len(crops) == batch_size or index == len(paths) - 1:
             rows.append(embedder.embed_cropped(tf.stack(crops)))
             crops = []
-    return np.concatenate(rows).astype(np.float32), paths
+    return np.concatenate(rows).astype(np.float32)
+
+
+def embed_folder(export_dir, folder, batch_size=64, skip_corrupt=False):
+    """Embeds every image below ``folder`` with an exported embedder.
+
+    Every file is checked first (:func:`checked_images`): a bad one is an error naming it, or
+    with ``skip_corrupt`` it is left out.
+
+    Returns:
+      ``(embeddings float32 [N, D], paths [N])``, rows in sorted path order.
+    """
+    _check_positive_int(batch_size, "batch_size")
+    embedder = load_embedder(export_dir)
+    paths, _ = checked_images(folder, skip_corrupt)
+    return embed_files(embedder, paths, batch_size), paths
 
 
 def _check_positive_int(value, what):
@@ -275,10 +360,18 @@ def main(argv=None):
     embed.add_argument("--out", required=True,
                        help="output .npy ([N, D] float32); the paths go to the same name .txt")
     embed.add_argument("--batch_size", type=int, default=64, help="images per model call")
+    embed.add_argument("--skip_corrupt", action="store_true",
+                       help="leave out images that do not decode cleanly (each is reported on "
+                            "stderr) instead of stopping with an error naming them")
     args = parser.parse_args(argv)
     out = args.out if args.out.endswith(".npy") else args.out + ".npy"
     try:
-        embeddings, paths = embed_folder(args.model, args.images, args.batch_size)
+        _check_positive_int(args.batch_size, "batch_size")
+        embedder = load_embedder(args.model)
+        paths, bad = checked_images(args.images, args.skip_corrupt)
+        for path, why in bad:
+            print(f"skipped corrupt image {path}: {why}", file=sys.stderr)
+        embeddings = embed_files(embedder, paths, args.batch_size)
     except (FileNotFoundError, ValueError, TypeError) as error:
         parser.exit(2, f"error: {error}\n")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -286,8 +379,9 @@ def main(argv=None):
     listing = out[: -len(".npy")] + ".txt"
     with open(listing, "w") as handle:
         handle.write("".join(f"{path}\n" for path in paths))
+    skipped = f"; skipped {len(bad)} corrupt image(s) listed above" if bad else ""
     print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {out} "
-          f"(row order in {listing})")
+          f"(row order in {listing}){skipped}")
     return 0
 
 

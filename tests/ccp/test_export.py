@@ -192,3 +192,68 @@ def test_cli_errors_name_the_problem(tmp_path, exports, capsys):
     assert "broken.jpg" in run(exports["single"], bad)
     assert "no SavedModel" in run(str(tmp_path / "nomodel"), bad)
     assert not (tmp_path / "o.npy").exists()
+
+
+def _folder_with_damaged_jpegs(folder, damage):
+    """Two good images and two damaged JPEGs (issue 10): header and mid-file damage."""
+    rng = np.random.default_rng(7)
+    folder.mkdir(parents=True)
+    for name in ("good.png", "good.jpg", "header.jpg", "middle.jpg"):
+        Image.fromarray(rng.integers(0, 256, size=(30, 40, 3)).astype(np.uint8)).save(
+            folder / name)
+    damage.header(str(folder / "header.jpg"))
+    damage.middle(str(folder / "middle.jpg"))
+    return [str(folder / n) for n in ("good.jpg", "good.png")], str(folder / "header.jpg"), \
+        str(folder / "middle.jpg")
+
+
+def test_cli_names_corrupt_images_or_skips_them(tmp_path, exports, capsys, damage):
+    good, header, middle = _folder_with_damaged_jpegs(tmp_path / "images", damage)
+    # TF decodes the mid-file damage without an error: only the strict check finds it.
+    assert ccp.export.read_image(middle).shape == (30, 40, 3)
+    out = tmp_path / "o.npy"
+    argv = ["embed", "--model", exports["single"], "--images", str(tmp_path / "images"),
+            "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        ccp.export.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 2 of 4 images in ")
+    assert f"{header}: cannot decode" in err
+    assert f"{middle}: corrupt JPEG (Corrupt JPEG data: " in err
+    assert "pass --skip_corrupt" in err and not out.exists()
+
+    assert ccp.export.main(argv + ["--skip_corrupt"]) == 0
+    captured = capsys.readouterr()
+    assert f"skipped corrupt image {header}: cannot decode" in captured.err
+    assert f"skipped corrupt image {middle}: corrupt JPEG" in captured.err
+    assert "skipped 2 corrupt image(s)" in captured.out
+    assert (tmp_path / "o.txt").read_text().splitlines() == good
+    embed = ccp.export.load_embedder(exports["single"])
+    expected = np.concatenate([embed(ccp.export.read_image(p).numpy()[None]) for p in good])
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+    embeddings, paths = ccp.export.embed_folder(exports["single"], tmp_path / "images",
+                                                skip_corrupt=True)
+    assert paths == good
+    np.testing.assert_allclose(embeddings, expected, atol=1e-5)
+
+
+def test_export_check_agrees_with_the_data_pipeline_check(tmp_path, damage):
+    """ccp cannot import data_pipelines: its own check must keep the same verdicts."""
+    from data_pipelines import images
+
+    assert ccp.export.BENIGN_JPEG_WARNINGS == images.BENIGN_JPEG_WARNINGS
+    good, header, middle = _folder_with_damaged_jpegs(tmp_path / "images", damage)
+    jfif2 = bytearray(open(good[0], "rb").read())
+    jfif2[jfif2.index(b"JFIF\x00") + 5] = 2  # "unknown JFIF revision number 2.01": metadata
+    (tmp_path / "images" / "jfif2.jpg").write_bytes(bytes(jfif2))
+    (tmp_path / "images" / "page.jpg").write_bytes(b"<html>404</html>")
+    data = open(good[0], "rb").read()
+    (tmp_path / "images" / "cut.jpg").write_bytes(data[: len(data) // 2])
+    verdicts = {}
+    for path in ccp.export.list_images(tmp_path / "images"):
+        verdicts[os.path.basename(path)] = ccp.export.image_problem(path) is None
+        assert verdicts[os.path.basename(path)] == (images.decode_problem(path) is None), path
+    assert verdicts == {"good.jpg": True, "good.png": True, "jfif2.jpg": True,
+                        "header.jpg": False, "middle.jpg": False, "page.jpg": False,
+                        "cut.jpg": False}

@@ -1,6 +1,5 @@
 """Tiny data sets in exactly the on-disk layouts of SPEC §7, with real JPEG files."""
 import os
-import types
 
 import numpy as np
 from PIL import Image
@@ -15,32 +14,6 @@ def write_jpeg(path, seed):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     pixels = np.random.default_rng(seed).integers(0, 256, (IMAGE_H, IMAGE_W, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path, format="JPEG", quality=90)
-
-
-def damage_jpeg_header(path):
-    """Overwrites 20 bytes of the JPEG's first Huffman table; start and end markers intact
-    (TF: "jpeg::Uncompress failed", no file name)."""
-    data = bytearray(open(path, "rb").read())
-    at = data.index(b"\xff\xc4") + 5  # after the DHT marker, length and table class/id
-    data[at:at + 20] = b"\x55" * 20
-    open(path, "wb").write(bytes(data))
-
-
-def damage_jpeg_middle(path):
-    """Zeroes 40 bytes in the middle of the entropy-coded scan; size and markers intact (TF
-    and PIL decode it, libjpeg warns "Corrupt JPEG data: N extraneous bytes")."""
-    data = bytearray(open(path, "rb").read())
-    sos = data.index(b"\xff\xda")
-    start = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
-    middle = (start + len(data) - 2) // 2
-    data[middle:middle + 40] = bytes(40)
-    open(path, "wb").write(bytes(data))
-
-
-@pytest.fixture()
-def damage():
-    """The two JPEG damages: damage.header(path), damage.middle(path) (in place)."""
-    return types.SimpleNamespace(header=damage_jpeg_header, middle=damage_jpeg_middle)
 
 
 @pytest.fixture(autouse=True)

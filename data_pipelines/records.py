@@ -2,12 +2,54 @@
 
 A :class:`Records` is the boundary type between the loaders and everything downstream (folds,
 samplers, tf.data pipelines). It holds either file paths (decoded by the pipelines) or in-memory
-uint8 images, together with the data set's original integer class ids.
+uint8 images, together with the data set's original integer class ids. Records read from a
+prepared TFDS copy also carry a :class:`TFRecordIndex` (where each example lies in the copy's
+TFRecord shards); their `paths` are then the original file names, for messages.
 """
 import dataclasses
 import functools
 
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TFRecordIndex:
+    """Where each record's serialized example lies in a set of TFRecord files (a TFDS copy).
+
+    Attributes:
+      files: tuple of F TFRecord file paths, in split order.
+      lengths: int64 [F], the number of examples in each file.
+      positions: int64 [N], each record's example number in the concatenation of the files.
+    """
+
+    files: tuple
+    lengths: np.ndarray
+    positions: np.ndarray
+
+    def __post_init__(self):
+        files = tuple(str(f) for f in self.files)
+        lengths = np.asarray(self.lengths, dtype=np.int64).reshape(-1)
+        positions = np.asarray(self.positions, dtype=np.int64).reshape(-1)
+        if lengths.shape[0] != len(files):
+            raise ValueError(f"TFRecordIndex: {len(files)} files but {lengths.shape[0]} lengths")
+        if positions.size and (positions.min() < 0 or positions.max() >= lengths.sum()):
+            raise ValueError(f"TFRecordIndex: positions must lie in [0, {lengths.sum()})")
+        object.__setattr__(self, "files", files)
+        object.__setattr__(self, "lengths", lengths)
+        object.__setattr__(self, "positions", positions)
+
+    def select(self, indices):
+        """The index of the given record positions (int [M])."""
+        return TFRecordIndex(self.files, self.lengths, self.positions[indices])
+
+    @staticmethod
+    def concatenate(parts):
+        """One index over the files of all `parts` (their records in order)."""
+        offsets = np.cumsum([0] + [int(p.lengths.sum()) for p in parts[:-1]])
+        return TFRecordIndex(
+            tuple(f for p in parts for f in p.files),
+            np.concatenate([p.lengths for p in parts]),
+            np.concatenate([p.positions + o for p, o in zip(parts, offsets)]))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -18,12 +60,15 @@ class Records:
       labels: int64 [N], the data set's original class ids (e.g. CUB classes 1..200).
       paths: tuple of N absolute image file paths (str), or None for in-memory data.
       images: uint8 [N, H, W, 3] in-memory images, or None when `paths` is given.
+      tfrecords: TFRecordIndex of N records, or None. When set, the images are read from
+        these TFRecord files (a prepared TFDS copy) and `paths` holds the original file names.
     Exactly one of `paths` and `images` is set.
     """
 
     labels: np.ndarray
     paths: tuple | None = None
     images: np.ndarray | None = None
+    tfrecords: TFRecordIndex | None = None
 
     def __post_init__(self):
         labels = np.asarray(self.labels)
@@ -41,7 +86,13 @@ class Records:
                     f"Records: {len(paths)} paths but {labels.shape[0]} labels; expected one each"
                 )
             object.__setattr__(self, "paths", paths)
+            if self.tfrecords is not None and len(self.tfrecords.positions) != len(paths):
+                raise ValueError(
+                    f"Records: {len(self.tfrecords.positions)} TFRecord positions but "
+                    f"{len(paths)} paths; expected one each")
         else:
+            if self.tfrecords is not None:
+                raise ValueError("Records.tfrecords needs `paths` (the original file names)")
             images = np.asarray(self.images)
             if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
                 raise ValueError(
@@ -84,7 +135,9 @@ class Records:
         if indices.size and (indices.min() < -len(self) or indices.max() >= len(self)):
             raise IndexError(f"Records.select: index out of range for {len(self)} records")
         if self.paths is not None:
-            return Records(self.labels[indices], paths=tuple(self.paths[i] for i in indices))
+            tfrecords = None if self.tfrecords is None else self.tfrecords.select(indices)
+            return Records(self.labels[indices], paths=tuple(self.paths[i] for i in indices),
+                           tfrecords=tfrecords)
         return Records(self.labels[indices], images=self.images[indices])
 
     take = select  # records.take(indices), numpy-style name
@@ -118,6 +171,11 @@ def concatenate(*parts):
     if not parts:
         raise ValueError("concatenate needs at least one Records")
     labels = np.concatenate([p.labels for p in parts])
+    if all(p.tfrecords is not None for p in parts):
+        return Records(labels, paths=tuple(path for p in parts for path in p.paths),
+                       tfrecords=TFRecordIndex.concatenate([p.tfrecords for p in parts]))
+    if any(p.tfrecords is not None for p in parts):
+        raise ValueError("concatenate cannot mix TFRecord-backed records with other records")
     if all(p.paths is not None for p in parts):
         return Records(labels, paths=tuple(path for p in parts for path in p.paths))
     if all(p.images is not None for p in parts):

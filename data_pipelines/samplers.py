@@ -81,6 +81,37 @@ def _contiguous(labels, where):
     return classes, class_index.reshape(-1)
 
 
+def check_batch_shape(labels, classes_per_batch, samples_per_class, where):
+    """Validates m-per-class batches of `labels`; warns about classes smaller than m.
+
+    Returns:
+      (classes int [C] sorted unique ids, class_index int [N] contiguous class of each record).
+    Raises:
+      ValueError: P or m < 1, or fewer than P classes.
+    """
+    classes, class_index = _contiguous(labels, where)
+    per_batch, m = int(classes_per_batch), int(samples_per_class)
+    if per_batch < 1 or m < 1:
+        raise ValueError(
+            f"{where}: classes_per_batch and samples_per_class must be >= 1, got "
+            f"{classes_per_batch} and {samples_per_class}"
+        )
+    if classes.shape[0] < per_batch:
+        raise ValueError(
+            f"{where}: {classes.shape[0]} classes cannot fill batches of "
+            f"classes_per_batch={per_batch} distinct classes; lower classes_per_batch or use "
+            "more classes"
+        )
+    counts = np.bincount(class_index, minlength=classes.shape[0])
+    short = int((counts < m).sum())
+    if short:
+        logging.warning(
+            "%s: %d of %d classes have fewer than samples_per_class=%d images; their batches "
+            "repeat images (drawn from fresh shuffles)", where, short, classes.shape[0], m,
+        )
+    return classes, class_index
+
+
 class MPerClassSampler:
     """Endless m-per-class training batches (SPEC §6), seeded and resumable.
 
@@ -99,29 +130,11 @@ class MPerClassSampler:
     """
 
     def __init__(self, labels, classes_per_batch=8, samples_per_class=4, seed=0):
-        self.classes, self._class_index = _contiguous(labels, "MPerClassSampler")
+        self.classes, self._class_index = check_batch_shape(
+            labels, classes_per_batch, samples_per_class, "MPerClassSampler")
         self.classes_per_batch = int(classes_per_batch)
         self.samples_per_class = int(samples_per_class)
         self.seed = int(seed)
-        if self.classes_per_batch < 1 or self.samples_per_class < 1:
-            raise ValueError(
-                "MPerClassSampler: classes_per_batch and samples_per_class must be >= 1, got "
-                f"{classes_per_batch} and {samples_per_class}"
-            )
-        if self.num_classes < self.classes_per_batch:
-            raise ValueError(
-                f"MPerClassSampler: {self.num_classes} classes cannot fill batches of "
-                f"classes_per_batch={self.classes_per_batch} distinct classes; lower "
-                "classes_per_batch or use more classes"
-            )
-        counts = np.bincount(self._class_index, minlength=self.num_classes)
-        short = int((counts < self.samples_per_class).sum())
-        if short:
-            logging.warning(
-                "MPerClassSampler: %d of %d classes have fewer than samples_per_class=%d "
-                "images; their batches repeat images (drawn from fresh shuffles)",
-                short, self.num_classes, self.samples_per_class,
-            )
 
     @property
     def num_classes(self):

@@ -51,21 +51,22 @@ def test_train_resume_reproduces_images_exactly(jpeg_records):
     assert not np.array_equal(other_seed[0][0], full[0][0])
 
 
-def test_train_in_memory_with_input_convention():
+def test_train_in_memory_and_argument_errors():
     rng = np.random.default_rng(0)
-    records = Records(labels=np.repeat([3, 8, 9], 4),
-                      images=rng.integers(0, 256, (12, 20, 20, 3), dtype=np.uint8))
-    plain = _batches(data_pipelines.train_dataset(records, classes_per_batch=2,
-                                                  samples_per_class=2, image_size=16), 2)
-    unit = _batches(data_pipelines.train_dataset(records, classes_per_batch=2,
-                                                 samples_per_class=2, image_size=16,
-                                                 input_convention="unit"), 2)
-    for (x, y), (xu, yu) in zip(plain, unit):
-        np.testing.assert_allclose(xu, x / 255.0, rtol=1e-6)
-        np.testing.assert_array_equal(y, yu)
-        assert set(y) <= {0, 1, 2}
-    with pytest.raises(ValueError, match="input_convention"):
-        data_pipelines.train_dataset(records, classes_per_batch=2, input_convention="rgb")
+    images = rng.integers(0, 256, (12, 20, 20, 3), dtype=np.uint8)
+    records = Records(labels=np.repeat([3, 8, 9], 4), images=images)
+    sampler = MPerClassSampler(records.labels, 2, 2, seed=4)
+    batches = _batches(data_pipelines.train_dataset(records, classes_per_batch=2,
+                                                    samples_per_class=2, seed=4,
+                                                    image_size=20, min_area=1.0, flip=False), 2)
+    for (x, y), indices in zip(batches, sampler.batches()):
+        np.testing.assert_array_equal(y, records.class_indices()[indices])
+        # min_area=1, no flip: the whole image, resized to its own size, unchanged.
+        np.testing.assert_allclose(x, images[indices].astype(np.float32), atol=1e-3)
+    with pytest.raises(ValueError, match="input_pipeline"):
+        data_pipelines.train_dataset(records, classes_per_batch=2, input_pipeline="python")
+    with pytest.raises(ValueError, match="min_area"):
+        data_pipelines.train_dataset(records, classes_per_batch=2, min_area=0.0)
 
 
 def test_eval_dataset_order_labels_and_transform(jpeg_records):

@@ -42,7 +42,8 @@ def class_folds(records, num_folds=4):
     """The folds of a training split.
 
     The sorted classes of `records` are cut into `num_folds` contiguous groups of (nearly)
-    equal size at the reference's boundaries (:func:`fold_boundaries`); fold k validates on group k and trains on the other groups. `num_folds=1` is
+    equal size at the reference's boundaries (:func:`fold_boundaries`); fold k validates on
+    group k and trains on the other groups. `num_folds=1` is
     the conventional protocol: one fold training on every class with `val=None`.
 
     Args:

@@ -112,7 +112,8 @@ class ProxyLoss(MetricLoss):
             new = tf.reshape(new, [-1, new.shape[-1]])
         if tuple(new.shape) != expected:
             raise ValueError(f"proxies must have shape [C, K, D] = [{self.num_classes}, "
-                             f"{self.proxies_per_class}, {self.embedding_size}] or {list(expected)}, "
+                             f"{self.proxies_per_class}, {self.embedding_size}] or "
+                             f"{list(expected)}, "
                              f"got {new.shape}")
         self.proxies.assign(new)
 

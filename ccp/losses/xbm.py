@@ -40,7 +40,8 @@ class CrossBatchMemory(MetricLoss):
         if isinstance(loss, dict):
             loss = keras.layers.deserialize(loss)
         if not isinstance(loss, (PairLoss, CCPLoss)):
-            raise TypeError(f"CrossBatchMemory wraps a PairLoss or CCPLoss, got {type(loss).__name__}")
+            raise TypeError(
+                f"CrossBatchMemory wraps a PairLoss or CCPLoss, got {type(loss).__name__}")
         super().__init__(**kwargs)
         if memory_size < 1:
             raise ValueError(f"memory_size must be >= 1, got {memory_size}")
@@ -118,9 +119,11 @@ class CrossBatchMemory(MetricLoss):
         # Whole-variable assigns: mirrored variables support them in a replica context,
         # scatter updates they do not.
         self.memory_embeddings.assign(
-            tf.tensor_scatter_nd_update(tf.convert_to_tensor(self.memory_embeddings), positions, embeddings))
+            tf.tensor_scatter_nd_update(tf.convert_to_tensor(self.memory_embeddings), positions,
+                                        embeddings))
         self.memory_labels.assign(
-            tf.tensor_scatter_nd_update(tf.convert_to_tensor(self.memory_labels), positions, labels))
+            tf.tensor_scatter_nd_update(tf.convert_to_tensor(self.memory_labels), positions,
+                                        labels))
         self.write_position.assign((self.write_position + batch) % self.memory_size)
 
     def loss_terms(self, labels, embeddings, training=None):

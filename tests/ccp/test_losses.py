@@ -73,8 +73,10 @@ def ref_ms(x, y, r=None, ry=None, alpha=2.0, beta=40.0, base=0.5):
     r_ = x if r is None else r
     total = 0.0
     for i in range(len(x)):
-        pos = sum(np.exp(-alpha * (np.dot(x[i], r_[j]) - base)) for a, j, s in pairs(y, ry) if a == i and s)
-        neg = sum(np.exp(beta * (np.dot(x[i], r_[j]) - base)) for a, j, s in pairs(y, ry) if a == i and not s)
+        pos = sum(np.exp(-alpha * (np.dot(x[i], r_[j]) - base))
+                  for a, j, s in pairs(y, ry) if a == i and s)
+        neg = sum(np.exp(beta * (np.dot(x[i], r_[j]) - base))
+                  for a, j, s in pairs(y, ry) if a == i and not s)
         total += np.log(1 + pos) / alpha + np.log(1 + neg) / beta
     return total / len(x)
 
@@ -93,8 +95,8 @@ def ref_proxy_anchor(x, y, proxies, proxy_labels, margin=0.1, alpha=32.0):
     pos_total, neg_total, n_pos, n_neg = 0.0, 0.0, 0, 0
     for p, label in enumerate(proxy_labels):
         sims = [float(np.dot(proxies[p], x[i])) for i in range(len(x))]
-        pos = [s for s, l in zip(sims, y) if l == label]
-        neg = [s for s, l in zip(sims, y) if l != label]
+        pos = [s for s, lab in zip(sims, y) if lab == label]
+        neg = [s for s, lab in zip(sims, y) if lab != label]
         if pos:
             pos_total += np.log(1 + sum(np.exp(-alpha * (s - margin)) for s in pos))
             n_pos += 1
@@ -110,7 +112,7 @@ def ref_proxy_nca(x, y, proxies, proxy_labels, temperature=0.1):
         logits = np.array([np.dot(x[i], p) / temperature for p in proxies])
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
-        total += -np.log(1e-16 + sum(pr for pr, l in zip(probs, proxy_labels) if l == y[i]))
+        total += -np.log(1e-16 + sum(pr for pr, lab in zip(probs, proxy_labels) if lab == y[i]))
     return total / len(x)
 
 
@@ -129,7 +131,8 @@ def ref_soft_triple(x, y, centers, num_classes, k, lamda, gamma, tau, margin):
     for c in range(num_classes):
         for t in range(k):
             for u in range(t + 1, k):
-                reg += np.sqrt(max(2 + 1e-10 - 2 * np.dot(centers[c * k + t], centers[c * k + u]), 0))
+                reg += np.sqrt(
+                    max(2 + 1e-10 - 2 * np.dot(centers[c * k + t], centers[c * k + u]), 0))
     reg /= num_classes * k * (k - 1)
     return total / len(x) + tau * reg
 
@@ -163,9 +166,12 @@ def numeric_grad(fn, x, h=1e-5):
 
 
 PAIR_CASES = {
-    "c2": (lambda: losses.ContrastiveLoss(0.1, 0.7), lambda x, y, r=None, ry=None: ref_c2(x, y, r, ry, 0.1, 0.7)),
-    "c1": (lambda: losses.CosineContrastiveLoss(0.2), lambda x, y, r=None, ry=None: ref_c1(x, y, r, ry, 0.2)),
-    "triplet": (lambda: losses.TripletLoss(0.3), lambda x, y, r=None, ry=None: ref_triplet(x, y, r, ry, 0.3)),
+    "c2": (lambda: losses.ContrastiveLoss(0.1, 0.7),
+           lambda x, y, r=None, ry=None: ref_c2(x, y, r, ry, 0.1, 0.7)),
+    "c1": (lambda: losses.CosineContrastiveLoss(0.2),
+           lambda x, y, r=None, ry=None: ref_c1(x, y, r, ry, 0.2)),
+    "triplet": (lambda: losses.TripletLoss(0.3),
+                lambda x, y, r=None, ry=None: ref_triplet(x, y, r, ry, 0.3)),
     "ms": (lambda: losses.MultiSimilarityLoss(2.0, 10.0, 0.5),
            lambda x, y, r=None, ry=None: ref_ms(x, y, r, ry, 2.0, 10.0, 0.5)),
 }
@@ -264,9 +270,11 @@ def test_proxy_loss_value_and_gradients(name):
     value, (gx, gp) = tf_value_and_grads(layer, y, x, extra=[layer.proxies])
     assert value == pytest.approx(reference(lip(x), y, lip(proxies), labels), rel=1e-4)
     np.testing.assert_allclose(
-        gx, numeric_grad(lambda v: reference(lip(v), y, lip(proxies), labels), x), rtol=3e-3, atol=3e-4)
+        gx, numeric_grad(lambda v: reference(lip(v), y, lip(proxies), labels), x),
+        rtol=3e-3, atol=3e-4)
     np.testing.assert_allclose(
-        gp, numeric_grad(lambda p: reference(lip(x), y, lip(p), labels), proxies), rtol=3e-3, atol=3e-4)
+        gp, numeric_grad(lambda p: reference(lip(x), y, lip(p), labels), proxies),
+        rtol=3e-3, atol=3e-4)
 
 
 @pytest.mark.parametrize("name", sorted(PAIR_CASES))
@@ -286,10 +294,13 @@ def test_ccp_wraps_each_pair_loss(name):
 
     value, (gx, gp) = tf_value_and_grads(layer, y, x, extra=[layer.proxies])
     assert value == pytest.approx(full(x, proxies), rel=1e-4, abs=1e-6)
-    np.testing.assert_allclose(gx, numeric_grad(lambda v: full(v, proxies), x), rtol=3e-3, atol=3e-4)
-    np.testing.assert_allclose(gp, numeric_grad(lambda p: full(x, p), proxies), rtol=3e-3, atol=3e-4)
+    np.testing.assert_allclose(gx, numeric_grad(lambda v: full(v, proxies), x),
+                               rtol=3e-3, atol=3e-4)
+    np.testing.assert_allclose(gp, numeric_grad(lambda p: full(x, p), proxies),
+                               rtol=3e-3, atol=3e-4)
     terms = layer.loss_terms(y, x)
-    assert float(terms["loss"]) == pytest.approx(0.1 * float(terms["pair"]) + float(terms["proxy"]), rel=1e-6)
+    assert float(terms["loss"]) == pytest.approx(
+        0.1 * float(terms["pair"]) + float(terms["proxy"]), rel=1e-6)
     np.testing.assert_allclose(layer.proxies_by_class().numpy()[1, 0], proxies[2], rtol=1e-6)
     with pytest.raises(ValueError, match="proxies must have shape"):
         layer.assign_proxies(np.zeros((3, 3, 4)))
@@ -309,7 +320,8 @@ def test_xbm_queue_semantics():
     expected_memory = ref_c2(lip(b), np.array([2, 0, 1]), np.concatenate([lip(a), lip(b)]),
                              np.array([0, 1, 2, 0, 1]))
     assert float(second["memory"]) == pytest.approx(expected_memory, rel=1e-5)
-    assert float(second["loss"]) == pytest.approx(ref_c2(lip(b), np.array([2, 0, 1])) + expected_memory, rel=1e-5)
+    assert float(second["loss"]) == pytest.approx(
+        ref_c2(lip(b), np.array([2, 0, 1])) + expected_memory, rel=1e-5)
     # FIFO wrap-around: 5 slots held [a0, a1, b0, b1, b2]; the next batch overwrites slots 0, 1.
     xbm.loss_terms([4, 4], a, training=True)
     np.testing.assert_array_equal(xbm.memory_labels.numpy(), [4, 4, 2, 0, 1])
@@ -448,4 +460,5 @@ def test_float16_inputs_under_mixed_precision_give_float32_loss():
         keras.mixed_precision.set_global_policy("float32")
     reference = losses.CCPLoss(losses.ContrastiveLoss(), 4, 5, proxies_per_class=2)
     reference.assign_proxies(layer.proxies_by_class())
-    assert float(value) == pytest.approx(float(reference(y, x.astype(np.float16).astype(np.float32))), rel=1e-4)
+    assert float(value) == pytest.approx(
+        float(reference(y, x.astype(np.float16).astype(np.float32))), rel=1e-4)

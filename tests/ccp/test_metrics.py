@@ -382,7 +382,8 @@ def test_cpu_and_tensorflow_neighbour_paths_agree():
     queries = augmented[::7, :-1].copy()
     for k in (1, 9, 64, 150):
         cpu = m._top_k_neighbours_numpy(queries, augmented, k)
-        gpu = m._top_k_neighbours(tf.constant(queries), tf.constant(augmented), tf.constant(k)).numpy()
+        gpu = m._top_k_neighbours(tf.constant(queries), tf.constant(augmented),
+                                  tf.constant(k)).numpy()
         np.testing.assert_array_equal(cpu, gpu)
         scores = np.concatenate([queries, np.ones((len(queries), 1), np.float32)], 1) @ augmented.T
         np.testing.assert_array_equal(cpu, m._grouped_top_k_numpy(scores, k))

@@ -88,9 +88,9 @@ def test_bn_inception_layers_follow_the_caffe_checkpoint():
     assert shapes == caffe_weight_shapes()
     assert sum(np.prod(s) for s in caffe_weight_shapes().values()) == BN_INCEPTION_WEIGHTS
     assert backbone.count_params() == BN_INCEPTION_WEIGHTS
-    bns = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
+    bns = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert len(bns) == len(caffe_convolutions()) == 69
-    assert all(l.epsilon == pytest.approx(1e-5) for l in bns)
+    assert all(layer.epsilon == pytest.approx(1e-5) for layer in bns)
 
 
 def test_bn_inception_image_sizes():
@@ -287,7 +287,8 @@ def test_resnet50_weights(tmp_path, monkeypatch):
     assert backbone.output_shape == (None, 2, 2, 2048)
     # ResNet-50 without its classifier has 23,587,712 weights (Keras applications).
     assert backbone.count_params() == 23_587_712
-    assert all(l.trainable for l in ccp.models.batchnorm_layers(model))  # no weights: not frozen
+    # No weights: not frozen.
+    assert all(layer.trainable for layer in ccp.models.batchnorm_layers(model))
     # A local weight file: loaded, and BatchNorm frozen by default.
     for w in backbone.weights[:3]:
         w.assign(np.random.default_rng(4).normal(size=w.shape))
@@ -296,7 +297,7 @@ def test_resnet50_weights(tmp_path, monkeypatch):
     pretrained = ccp.models.build_embedding_model("resnet50", weights=path, image_size=64)
     for a, b in zip(pretrained.get_layer("resnet50").weights, backbone.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    assert not any(l.trainable for l in ccp.models.batchnorm_layers(pretrained))
+    assert not any(layer.trainable for layer in ccp.models.batchnorm_layers(pretrained))
     with pytest.raises(FileNotFoundError, match="resnet50_weights_tf_dim_ordering_tf_kernels"):
         ccp.models.build_embedding_model("resnet50", weights=tmp_path / "nope.h5")
     # "imagenet" without network: a clear error asking for a local file.
@@ -324,7 +325,7 @@ def _images(seed, n=4, size=32):
 def test_embedding_model_layout_and_raw_outputs():
     model = ccp.models.build_embedding_model("small_cnn", embedding_size=12)
     assert model.input_shape == (None, 32, 32, 3) and ccp.models.model_image_size(model) == 32
-    assert [l.name for l in model.layers] == ["images", "input_normalization", "small_cnn",
+    assert [layer.name for layer in model.layers] == ["images", "input_normalization", "small_cnn",
                                               "global_pooling", "embedding"]
     assert model.layers[-1].units == 12 and model.name == "small_cnn_embedding"
     out = model(_images(0), training=False)
@@ -416,7 +417,7 @@ def _train_step(model, images):
 
 
 def _bn_state(model):
-    return [w.numpy() for l in ccp.models.batchnorm_layers(model) for w in l.weights]
+    return [w.numpy() for layer in ccp.models.batchnorm_layers(model) for w in layer.weights]
 
 
 def test_frozen_batchnorm_runs_in_inference_mode_and_stays_fixed(tmp_path):
@@ -426,8 +427,8 @@ def test_frozen_batchnorm_runs_in_inference_mode_and_stays_fixed(tmp_path):
     # Pretrained weights -> frozen by default.
     model = ccp.models.build_embedding_model("small_cnn", embedding_size=8, weights=path)
     bn_layers = ccp.models.batchnorm_layers(model)
-    assert len(bn_layers) == 5 and not any(l.trainable for l in bn_layers)
-    bn_ids = {id(v) for l in bn_layers for v in l.weights}
+    assert len(bn_layers) == 5 and not any(layer.trainable for layer in bn_layers)
+    bn_ids = {id(v) for layer in bn_layers for v in layer.weights}
     assert not any(id(v) in bn_ids for v in model.trainable_variables)
     images = _images(3)
     np.testing.assert_allclose(model(images, training=True).numpy(),
@@ -440,7 +441,7 @@ def test_frozen_batchnorm_runs_in_inference_mode_and_stays_fixed(tmp_path):
 
 def test_unfrozen_batchnorm_trains():
     model = ccp.models.build_embedding_model("small_cnn", embedding_size=8)  # no weights
-    assert all(l.trainable for l in ccp.models.batchnorm_layers(model))
+    assert all(layer.trainable for layer in ccp.models.batchnorm_layers(model))
     images = _images(4)
     assert not np.allclose(model(images, training=True).numpy(),
                            model(images, training=False).numpy())
@@ -450,7 +451,7 @@ def test_unfrozen_batchnorm_trains():
     assert all(changed)  # gamma, beta, moving mean and variance of every BN layer
     frozen = ccp.models.build_embedding_model("small_cnn", embedding_size=8,
                                               freeze_batchnorm=True)
-    assert not any(l.trainable for l in ccp.models.batchnorm_layers(frozen))
+    assert not any(layer.trainable for layer in ccp.models.batchnorm_layers(frozen))
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

@@ -14,7 +14,8 @@ def test_pairwise_distances_match_brute_force():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(7, 5)).astype(np.float32)
     b = rng.normal(size=(4, 5)).astype(np.float32)
-    np.testing.assert_allclose(ops.pairwise_distances(a, b).numpy(), _brute_distances(a, b), atol=1e-5)
+    np.testing.assert_allclose(ops.pairwise_distances(a, b).numpy(), _brute_distances(a, b),
+                               atol=1e-5)
     np.testing.assert_allclose(
         ops.pairwise_distances(a, b, squared=True).numpy(), _brute_distances(a, b) ** 2, atol=1e-4
     )

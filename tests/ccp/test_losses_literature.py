@@ -441,6 +441,18 @@ def test_ccp_wraps_the_new_pair_losses(name):
                                rtol=3e-3, atol=3e-4)
 
 
+def test_ccp_around_rho_triplet_switches_both_terms():
+    # p_switch = 1: every anchor is (a, a, p) against the batch and against its class's proxies.
+    layer = losses.CCPLoss(losses.TripletLoss(0.3, p_switch=1.0), 3, 4, proxies_per_class=2)
+    layer.assign_proxies(np.random.default_rng(22).normal(size=(3, 2, 4)))
+    x, y = batch(3, 3, 4, seed=23)
+    proxies, proxy_labels = lip(np.asarray(layer.proxies)), np.repeat(np.arange(3), 2)
+    every = np.ones(len(y), bool)
+    expected = (0.1 * ref_triplet(lip(x), y, margin=0.3, switched=every)
+                + ref_triplet(lip(x), y, proxies, proxy_labels, margin=0.3, switched=every))
+    assert float(layer(y, x)) == pytest.approx(expected, rel=1e-4)
+
+
 @pytest.mark.parametrize("name", WRAP_CASES)
 def test_cross_batch_memory_around_the_new_losses(name):
     make, reference = NEW_CASES[name]

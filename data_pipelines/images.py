@@ -52,6 +52,7 @@ BENIGN_JPEG_WARNINGS = ("bad ICC marker", "JFIF revision", "Adobe color transfor
                         "JFIF extension marker")
 CACHE_VERSION = 1  # bump when the rule of decode_problem changes: old entries are ignored
 SHOWN = 5  # bad files named in a message
+STAT_CHUNK = 1024  # files stat-ed per thread task (one task per file costs more than a stat)
 
 # Records that passed (or were produced by) check_images -> their bad files ([] once checked).
 _CHECKED = weakref.WeakKeyDictionary()
@@ -135,7 +136,7 @@ def default_cache_dir():
 
 def _cache_files(cache_dir, paths):
     """(cache JSON path, default report path) for the folder holding `paths`."""
-    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    root = os.path.commonpath([os.path.abspath(d) for d in {os.path.dirname(p) for p in paths}])
     key = hashlib.sha1(root.encode("utf-8")).hexdigest()[:12]
     name = os.path.basename(root.rstrip(os.sep)) or "root"
     stem = os.path.join(cache_dir, f"{name}-{key}")
@@ -148,6 +149,10 @@ def _stat_key(path):
     except OSError:
         return None
     return [stat.st_size, stat.st_mtime_ns]
+
+
+def _stat_keys(paths):
+    return [_stat_key(p) for p in paths]
 
 
 def _read_cache(cache_file):
@@ -199,10 +204,11 @@ def scan(paths, num_threads=None, cache_dir=None):
     cached = _read_cache(cache_file) if cache_file else {}
     threads = num_threads or default_num_threads()
     with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-        keys = list(pool.map(_stat_key, unique, chunksize=256))
+        chunks = [unique[i:i + STAT_CHUNK] for i in range(0, len(unique), STAT_CHUNK)]
+        keys = [k for chunk in pool.map(_stat_keys, chunks) for k in chunk]
         stale = [p for p, k in zip(unique, keys)
                  if k is None or cached.get(p, [None, None])[:2] != k]
-        fresh = dict(zip(stale, pool.map(decode_problem, stale, chunksize=16)))
+        fresh = dict(zip(stale, pool.map(decode_problem, stale)))
     reasons = {}
     for path, key in zip(unique, keys):
         reasons[path] = fresh[path] if path in fresh else cached[path][2]

@@ -7,10 +7,14 @@ Per anchor ``i``, with distances ``d`` (Euclidean of the normalized embeddings b
   ``L_N = sum w_n (alpha - d) / sum w_n`` with ``w_n = exp(T_n (alpha - d))``;
 - ``L = L_P + lambda L_N`` (the paper's ``lambda = 1``: the two sets weigh equally), averaged
   over all anchor rows.
-The weights are normalized over the violating pairs only and held constant in back-propagation
-(the paper's gradient treats them as constants; pytorch-metric-learning back-propagates through
-them). PML's ``imbalance`` ``q`` gives ``(1 - q) L_P + q L_N``: its default 0.5 is half of this
-loss.
+The weights are normalized over the violating pairs only and held constant in back-propagation,
+as in the authors' Caffe layer (it computes them in the backward pass and scales each pair's
+gradient by them); pytorch-metric-learning back-propagates through them. PML's ``imbalance``
+``q`` gives ``(1 - q) L_P + q L_N``: its default 0.5 is half of this loss.
+
+Defaults: the authors' code places the boundaries at ``1 -/+ m/2`` (``alpha = 1 + m/2``, as PML's
+default ``alpha``), with ``m = 0.4`` in its In-shop configuration (0.2 in its CUB one),
+``T_n = 10``, ``T_p = 0``: ``alpha = 1.2, m = 0.4``.
 """
 import keras
 import tensorflow as tf
@@ -19,7 +23,7 @@ from ccp import ops
 from ccp.losses import distances
 from ccp.losses.base import PairLoss
 
-# The paper's setting: alpha = 1 + m / 2 = 1.2, m = 0.4, T_n = 10, T_p = 0 (uniform), lambda = 1.
+# alpha = 1 + m / 2 = 1.2, m = 0.4, T_n = 10, T_p = 0 (uniform), lambda = 1 (module docstring).
 RLL_BOUNDARY = 1.2
 RLL_MARGIN = 0.4
 RLL_NEG_TEMPERATURE = 10.0

@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   creates .venv, installs ccp, trains on the embedded digits data, evaluates, exports
-#   make test   creates .venv if needed, installs ccp with its test extras, runs the test suite
+#   make test   creates .venv if needed, installs ccp with its test extras, runs ruff and the tests
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -18,6 +18,7 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 --dist loadfile -q tests
 
 demo: $(STAMP)

@@ -1,13 +1,20 @@
 """ccp: Deep Metric Learning with Chance Constraints (CCP-DML) for TensorFlow/Keras.
 
 Submodules are imported on first attribute access so that ``import ccp`` stays cheap and
-``ccp.losses``, ``ccp.metrics`` ... resolve exactly as written in the public API.
+``ccp.losses``, ``ccp.metrics`` ... resolve exactly as written in the public API;
+``import ccp.defaults`` (plain constants) does not start TensorFlow.
+
+ccp runs on Keras 3 with the TensorFlow backend only; importing ccp under another backend
+(``KERAS_BACKEND`` or the ``backend`` entry of ``keras.json``) fails at once with a message.
 """
 import importlib
+import json
+import os
 
 __version__ = "0.1.0"
 
 _SUBMODULES = (
+    "defaults",
     "ops",
     "layers",
     "losses",
@@ -19,6 +26,37 @@ _SUBMODULES = (
 )
 
 __all__ = list(_SUBMODULES)
+
+
+def configured_keras_backend(environ=None):
+    """The backend Keras 3 will use, read as Keras reads it, without importing Keras.
+
+    ``KERAS_BACKEND`` wins; otherwise the ``backend`` entry of ``$KERAS_HOME/keras.json``
+    (``KERAS_HOME`` defaults to ``~/.keras``); otherwise Keras' default, "tensorflow".
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("KERAS_BACKEND"):
+        return environ["KERAS_BACKEND"]
+    home = environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    path = os.path.join(home, "keras.json")
+    try:
+        with open(path) as handle:
+            return str(json.load(handle).get("backend", "tensorflow"))
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+def _check_keras_backend():
+    backend = configured_keras_backend()
+    if backend != "tensorflow":
+        raise ImportError(
+            f"ccp needs the TensorFlow backend of Keras 3, but Keras is configured for "
+            f"{backend!r} (KERAS_BACKEND or the 'backend' entry of keras.json). Set "
+            "KERAS_BACKEND=tensorflow before starting Python."
+        )
+
+
+_check_keras_backend()
 
 
 def __getattr__(name):

@@ -1,191 +1,355 @@
-"""One experiment's configuration: a frozen dataclass that is also the absl flag schema.
+"""One experiment's configuration: frozen dataclasses grouped by concern, also the flag schema.
 
-Every field of :class:`ExperimentConfig` becomes a command-line flag of ``experiments/run.py``
-with the same name, default and help text, so flags, flagfiles, tests and ``config.json`` all
-speak the same vocabulary. :func:`validate` rejects inconsistent combinations with a message
-that names the flags involved.
+:class:`ExperimentConfig` holds one group per concern (``data``, ``model``, ``loss``, ``ccp``,
+``xbm``, ``optimizer``, ``protocol``, ``run``). Every group field is one command-line flag of
+``experiments/run.py``; the flag names are flat (``--ccp_pool_size`` is ``config.ccp.pool_size``)
+and written in the field's metadata when they differ from the field name. Defaults come from
+``ccp.defaults`` (the library's single source), choices from ``experiments.registry``.
+:func:`validate` rejects inconsistent combinations that need no data, with a message naming the
+flags. Nothing here imports TensorFlow.
 """
 import dataclasses
 import json
 import os
 from typing import Tuple
 
-DATASETS = ("digits", "cub", "cars196", "sop", "inshop")
-BACKBONES = ("small_cnn", "bn_inception", "resnet50")
-PAIR_LOSSES = ("contrastive", "cosine_contrastive", "triplet", "multi_similarity", "margin")
-PROXY_LOSSES = ("proxy_anchor", "proxy_nca", "soft_triple")
-LOSSES = PAIR_LOSSES + PROXY_LOSSES
-LR_SCHEDULES = ("constant", "plateau", "exponential")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+from ccp import defaults as D
+from experiments import registry
 
 
-def _field(default, help_text, choices=None):
+class UserError(Exception):
+    """A problem the user can fix (flags, data, output folder); the CLI prints it in one line."""
+
+
+class ConfigError(UserError, ValueError):
+    """An inconsistent or invalid experiment configuration (names the flags involved)."""
+
+
+class DataError(UserError, ValueError):
+    """The data set on disk does not match what the loader expects (names the file)."""
+
+
+def _field(default, help_text, choices=None, flag=None):
     metadata = {"help": help_text}
     if choices is not None:
-        metadata["choices"] = choices
+        metadata["choices"] = tuple(choices)
+    if flag is not None:
+        metadata["flag"] = flag
     return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-    # Data (SPEC §6-§7).
-    dataset: str = _field("digits", "Benchmark data set.", DATASETS)
+class DataConfig:
+    """SPEC §6-§7: the data set, its images and the training batches."""
+
+    dataset: str = _field("digits", "Benchmark data set.", registry.DATASETS)
     data_dir: str = _field("", "Folder of the data set (not needed for digits).")
-    image_size: int = _field(0, "Input side in pixels; 0 = 227 (ImageNet backbones) or 32 (small_cnn).")
-    min_crop_area: float = _field(0.16, "Smallest area fraction of the training random crop.")
+    image_size: int = _field(0, "Input side in pixels; 0 = the backbone's default (227, or 32 "
+                                "for small_cnn).")
+    min_crop_area: float = _field(D.MIN_CROP_AREA, "Smallest area fraction of the training "
+                                                   "random crop.")
     flip: bool = _field(True, "Random horizontal flips during training.")
     cache_images: bool = _field(False, "Cache the encoded image files in memory (tf.data).")
-    # Model (SPEC §1).
-    backbone: str = _field("small_cnn", "Backbone network.", BACKBONES)
+    skip_corrupt: bool = _field(False, "Skip (and list) images that do not decode instead of "
+                                       "failing.")
+    allow_partial: bool = _field(False, "Accept a data set copy whose counts differ from the "
+                                        "published ones.")
+    classes_per_batch: int = _field(D.CLASSES_PER_BATCH, "Classes in each training batch.")
+    samples_per_class: int = _field(D.SAMPLES_PER_CLASS, "Images per class in each training "
+                                                         "batch.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """SPEC §1: backbone, pooling and embedding head."""
+
+    backbone: str = _field("small_cnn", "Backbone network.", registry.BACKBONES)
     weights: str = _field("none", "'none' (from scratch), 'imagenet', or a path to a weight file.")
-    embedding_size: int = _field(128, "Embedding dimension D of each fold model.")
-    pooling: str = _field("avg", "Global pooling: avg, max or avg+max.", ("avg", "max", "avg+max"))
-    freeze_batchnorm: str = _field(
-        "auto", "Freeze BatchNorm: auto (when pretrained), true, false.", ("auto", "true", "false")
-    )
-    # Loss (SPEC §4).
-    loss: str = _field("contrastive", "Base loss.", LOSSES)
-    pos_margin: float = _field(0.0, "C2 positive margin m+.")
-    neg_margin: float = _field(0.3841, "C2 negative margin m-.")
-    cosine_margin: float = _field(0.5, "C1 margin.")
-    triplet_margin: float = _field(0.0961, "Triplet margin.")
-    ms_alpha: float = _field(2.0, "Multi-similarity alpha.")
-    ms_beta: float = _field(40.0, "Multi-similarity beta.")
-    ms_base: float = _field(0.5, "Multi-similarity lambda (base similarity).")
-    ms_mining: bool = _field(False, "Multi-similarity pair mining (epsilon 0.1).")
-    margin_alpha: float = _field(0.2, "Margin loss margin alpha.")
-    margin_beta: float = _field(1.2, "Margin loss initial beta.")
-    proxy_anchor_margin: float = _field(0.1, "ProxyAnchor delta.")
-    proxy_anchor_alpha: float = _field(32.0, "ProxyAnchor alpha.")
-    proxy_nca_temperature: float = _field(0.1, "ProxyNCA++ temperature.")
-    soft_triple_lambda: float = _field(20.0, "SoftTriple lambda.")
-    soft_triple_gamma: float = _field(0.1, "SoftTriple gamma.")
-    soft_triple_tau: float = _field(0.2, "SoftTriple tau (center regularizer weight).")
-    soft_triple_margin: float = _field(0.01, "SoftTriple delta (margin).")
-    soft_triple_centers: int = _field(10, "SoftTriple centers per class.")
-    # CCP (SPEC §4-§5).
-    ccp: bool = _field(False, "Train with chance-constrained proxies (CCP).")
-    ccp_proxies_per_class: int = _field(8, "K, proxies per class.")
-    ccp_pool_size: int = _field(12, "b, candidate embeddings per class for the projection.")
-    ccp_lambda: float = _field(2e-4, "lambda_0 of the proximal term.")
-    ccp_decay: float = _field(1.0, "Decay of lambda per problem instance.")
-    ccp_patience: int = _field(3, "Epochs without MAP@R improvement that end a problem instance.")
-    ccp_min_iterations: int = _field(1, "Minimum epochs per problem instance.")
-    ccp_pair_weight: float = _field(0.1, "Weight of the batch-vs-batch term.")
-    ccp_proxy_weight: float = _field(1.0, "Weight of the batch-vs-proxy term.")
-    ccp_random_init: bool = _field(False, "Random initial proxies instead of greedy k-center.")
-    ccp_monitor_lag: int = _field(0, "1 = react to the previous epoch's MAP@R like the reference.")
-    # Cross-batch memory (SPEC §4).
-    xbm: bool = _field(False, "Wrap the loss in a cross-batch memory.")
-    xbm_memory_batches: int = _field(25, "Memory size in batches.")
-    xbm_start_at: int = _field(1000, "Steps before the memory term starts.")
-    xbm_weight: float = _field(1.0, "Weight of the batch-vs-memory term.")
-    xbm_batch_weight: float = _field(1.0, "Weight of the batch-vs-batch term.")
-    # Batches (SPEC §6).
-    classes_per_batch: int = _field(8, "Classes in each training batch.")
-    samples_per_class: int = _field(4, "Images per class in each training batch.")
-    # Optimization (SPEC §6).
-    learning_rate: float = _field(1e-5, "Adam learning rate.")
-    adam_beta_1: float = _field(0.9, "Adam beta_1.")
-    adam_beta_2: float = _field(0.999, "Adam beta_2.")
-    weight_decay: float = _field(1e-4, "Weight decay added to gradients of non-BatchNorm weights.")
-    clip_norm: float = _field(10.0, "Gradient clipping by global norm (0 = off).")
-    clip_value: float = _field(10.0, "Gradient clipping by value (0 = off).")
-    proxy_lr_multiplier: float = _field(1.0, "Learning-rate multiplier of proxy variables.")
-    lr_schedule: str = _field("constant", "Learning-rate schedule.", LR_SCHEDULES)
-    lr_decay_rate: float = _field(0.5, "Factor of the plateau/exponential schedules.")
-    lr_decay_steps: int = _field(1000, "Steps per decay of the exponential schedule.")
-    lr_plateau_patience: int = _field(10, "Epochs without improvement before a plateau decay.")
-    warmup_epochs: int = _field(0, "Epochs training only the embedding layer (and proxies).")
-    steps_per_epoch: int = _field(25, "Training steps between validations.")
-    max_epochs: int = _field(10000, "Upper bound on epochs per fold.")
-    patience: int = _field(60, "Early-stopping patience in epochs (validation MAP@R).")
-    min_delta: float = _field(1e-5, "Smallest MAP@R gain that counts as an improvement.")
-    # Protocol (SPEC §6).
-    folds: int = _field(4, "4 = MLRC protocol (4 class folds), 1 = conventional (train on all).")
-    repeats: int = _field(1, "Independent repetitions with seeds seed, seed+1, ...")
-    seed: int = _field(0, "Random seed.")
-    eval_batch_size: int = _field(128, "Batch size of embedding passes.")
-    recall_at: Tuple[int, ...] = _field((1, 2, 4, 8), "Ranks of Recall@K.")
+    embedding_size: int = _field(D.EMBEDDING_SIZE, "Embedding dimension D of each fold model.")
+    embedding_bias: bool = _field(False, "Give the Dense embedding head a bias (the reference's "
+                                         "head has none).")
+    pooling: str = _field(D.POOLING, "Global pooling.", registry.POOLINGS)
+    freeze_batchnorm: str = _field("auto", "Freeze BatchNorm: auto (when pretrained), true, "
+                                           "false.", registry.FREEZE_BATCHNORM)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """SPEC §4: the base loss and the hyperparameters of every loss."""
+
+    name: str = _field("contrastive", "Base loss.", registry.LOSSES, flag="loss")
+    pos_margin: float = _field(D.CONTRASTIVE_POS_MARGIN, "C2 positive margin m+.")
+    neg_margin: float = _field(D.CONTRASTIVE_NEG_MARGIN, "C2 negative margin m-.")
+    cosine_margin: float = _field(D.COSINE_MARGIN, "C1 margin.")
+    triplet_margin: float = _field(D.TRIPLET_MARGIN, "Triplet margin.")
+    ms_alpha: float = _field(D.MS_ALPHA, "Multi-similarity alpha.")
+    ms_beta: float = _field(D.MS_BETA, "Multi-similarity beta.")
+    ms_base: float = _field(D.MS_BASE, "Multi-similarity lambda (base similarity).")
+    ms_mining: bool = _field(D.MS_MINING, "Multi-similarity pair mining (epsilon 0.1).")
+    margin_alpha: float = _field(D.MARGIN_ALPHA, "Margin loss margin alpha.")
+    margin_beta: float = _field(D.MARGIN_BETA_INIT, "Margin loss initial beta.")
+    proxy_anchor_margin: float = _field(D.PROXY_ANCHOR_MARGIN, "ProxyAnchor delta.")
+    proxy_anchor_alpha: float = _field(D.PROXY_ANCHOR_ALPHA, "ProxyAnchor alpha.")
+    proxy_nca_temperature: float = _field(D.PROXY_NCA_TEMPERATURE, "ProxyNCA++ temperature.")
+    soft_triple_lambda: float = _field(D.SOFT_TRIPLE_LAMBDA, "SoftTriple lambda.")
+    soft_triple_gamma: float = _field(D.SOFT_TRIPLE_GAMMA, "SoftTriple gamma.")
+    soft_triple_tau: float = _field(D.SOFT_TRIPLE_TAU, "SoftTriple tau (center regularizer).")
+    soft_triple_margin: float = _field(D.SOFT_TRIPLE_MARGIN, "SoftTriple delta (margin).")
+    soft_triple_centers: int = _field(D.SOFT_TRIPLE_CENTERS, "SoftTriple centers per class.")
+
+
+@dataclasses.dataclass(frozen=True)
+class CCPConfig:
+    """SPEC §4-§5: chance-constrained proxies and the alternating projection."""
+
+    enabled: bool = _field(False, "Train with chance-constrained proxies (CCP).", flag="ccp")
+    proxies_per_class: int = _field(D.CCP_PROXIES_PER_CLASS, "K, proxies per class.",
+                                    flag="ccp_proxies_per_class")
+    pool_size: int = _field(D.CCP_POOL_SIZE, "b, candidate embeddings per class for the "
+                                             "projection.", flag="ccp_pool_size")
+    lambda_0: float = _field(D.CCP_LAMBDA, "lambda_0 of the proximal term.", flag="ccp_lambda")
+    decay: float = _field(D.CCP_DECAY, "Decay of lambda per problem instance.", flag="ccp_decay")
+    patience: int = _field(D.CCP_PATIENCE, "Epochs without MAP@R improvement that end a problem "
+                                           "instance.", flag="ccp_patience")
+    min_epochs_per_instance: int = _field(D.CCP_MIN_EPOCHS_PER_INSTANCE, "Minimum epochs per "
+                                          "problem instance.", flag="ccp_min_iterations")
+    min_delta: float = _field(D.CCP_MIN_DELTA, "Smallest MAP@R gain that counts as an "
+                                               "improvement of a problem instance.",
+                              flag="ccp_min_delta")
+    pair_weight: float = _field(D.CCP_PAIR_WEIGHT, "Weight of the batch-vs-batch term.",
+                                flag="ccp_pair_weight")
+    proxy_weight: float = _field(D.CCP_PROXY_WEIGHT, "Weight of the batch-vs-proxy term.",
+                                 flag="ccp_proxy_weight")
+    random_init: bool = _field(False, "Random initial proxies instead of greedy k-center.",
+                               flag="ccp_random_init")
+    monitor_lag: int = _field(D.CCP_MONITOR_LAG, "1 = react to the previous epoch's MAP@R like "
+                                                 "the reference.", flag="ccp_monitor_lag")
+
+
+@dataclasses.dataclass(frozen=True)
+class XBMConfig:
+    """SPEC §4: cross-batch memory around the loss."""
+
+    enabled: bool = _field(False, "Wrap the loss in a cross-batch memory.", flag="xbm")
+    memory_batches: int = _field(D.XBM_MEMORY_BATCHES, "Memory size in batches.",
+                                 flag="xbm_memory_batches")
+    start_at: int = _field(D.XBM_START_AT, "Steps before the memory term starts.",
+                           flag="xbm_start_at")
+    memory_weight: float = _field(D.XBM_MEMORY_WEIGHT, "Weight of the batch-vs-memory term.",
+                                  flag="xbm_weight")
+    batch_weight: float = _field(D.XBM_BATCH_WEIGHT, "Weight of the batch-vs-batch term.",
+                                 flag="xbm_batch_weight")
+    delay_until_full: bool = _field(True, "Memory term from step start_at + memory size (the "
+                                          "reference's timing); false = right after start_at.",
+                                    flag="xbm_delay_until_full")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """SPEC §6: Adam, gradient transforms and learning-rate schedules."""
+
+    learning_rate: float = _field(D.LEARNING_RATE, "Adam learning rate.")
+    adam_beta_1: float = _field(D.ADAM_BETA_1, "Adam beta_1.")
+    adam_beta_2: float = _field(D.ADAM_BETA_2, "Adam beta_2.")
+    weight_decay: float = _field(D.WEIGHT_DECAY, "Weight decay added to gradients of "
+                                                 "non-BatchNorm weights.")
+    clip_norm: float = _field(D.CLIP_NORM, "Gradient clipping by global norm (0 = off).")
+    clip_value: float = _field(D.CLIP_VALUE, "Gradient clipping by value (0 = off).")
+    proxy_lr_multiplier: float = _field(D.PROXY_LR_MULTIPLIER, "Learning-rate multiplier of "
+                                                               "proxy variables.")
+    lr_schedule: str = _field(D.LR_SCHEDULE, "Learning-rate schedule.", registry.LR_SCHEDULES)
+    lr_decay_rate: float = _field(D.LR_EXPONENTIAL_RATE, "Rate of the exponential schedule.")
+    lr_decay_steps: int = _field(D.LR_DECAY_STEPS, "Steps per decay of the exponential schedule.")
+    lr_plateau_factor: float = _field(D.LR_PLATEAU_FACTOR, "Factor of the plateau schedule.")
+    lr_plateau_patience: int = _field(D.LR_PLATEAU_PATIENCE, "Epochs without improvement before "
+                                                             "a plateau decay.")
+    warmup_epochs: int = _field(D.WARMUP_EPOCHS, "Epochs training only the embedding layer (and "
+                                                 "proxies).")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolConfig:
+    """SPEC §6: epochs, early stopping, class folds, repeats, seeds, evaluation."""
+
+    steps_per_epoch: int = _field(D.STEPS_PER_EPOCH, "Training steps between validations.")
+    max_epochs: int = _field(D.MAX_EPOCHS, "Upper bound on epochs per fold.")
+    patience: int = _field(D.EARLY_STOPPING_PATIENCE, "Early-stopping patience in epochs "
+                                                      "(validation MAP@R).")
+    min_delta: float = _field(D.EARLY_STOPPING_MIN_DELTA, "Smallest MAP@R gain that counts as "
+                                                          "an improvement for early stopping.")
+    folds: int = _field(D.FOLDS, "4 = MLRC protocol (4 class folds), 1 = conventional (train "
+                                 "on all).")
+    repeats: int = _field(D.REPEATS, "Independent repetitions with seeds seed, seed+1, ...")
+    seed: int = _field(0, "Seed of everything random (weights, batches, augmentation, pools).")
+    deterministic: bool = _field(False, "TensorFlow op determinism (bit-identical reruns, "
+                                        "slower on GPU).")
+    eval_batch_size: int = _field(D.EVAL_BATCH_SIZE, "Batch size of embedding passes.")
+    recall_at: Tuple[int, ...] = _field(D.RECALL_AT, "Ranks of Recall@K.")
     compute_nmi: bool = _field(True, "Compute NMI (k-means) on the test set.")
-    # Output and execution.
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Output folder and execution: nothing here changes what is trained."""
+
     output_dir: str = _field("runs/experiment", "Folder for checkpoints, logs, results, exports.")
     export: bool = _field(True, "Export per-fold and ensemble SavedModel embedders.")
     report: bool = _field(True, "Write plots and report.md.")
     tsne_points: int = _field(1500, "Test embeddings shown in the t-SNE plot (0 = no t-SNE).")
-    precision: str = _field("float32", "Compute precision policy.", PRECISIONS)
-    strategy: str = _field("default", "tf.distribute strategy.", STRATEGIES)
+    precision: str = _field("float32", "Compute precision policy.", registry.PRECISIONS)
+    strategy: str = _field("default", "tf.distribute strategy.", registry.STRATEGIES)
     tpu: str = _field("", "TPU address for --strategy=tpu.")
     progress_bar: bool = _field(True, "Show a progress bar per epoch.")
 
+
+GROUPS = {
+    "data": DataConfig, "model": ModelConfig, "loss": LossConfig, "ccp": CCPConfig,
+    "xbm": XBMConfig, "optimizer": OptimizerConfig, "protocol": ProtocolConfig, "run": RunConfig,
+}
+
+
+def flag_name(field):
+    """The command-line flag of a group field."""
+    return field.metadata.get("flag", field.name)
+
+
+def flag_fields():
+    """``[(flag name, group name, dataclasses.Field)]`` of every flag, in schema order."""
+    return [(flag_name(f), group, f)
+            for group, cls in GROUPS.items() for f in dataclasses.fields(cls)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    ccp: CCPConfig = dataclasses.field(default_factory=CCPConfig)
+    xbm: XBMConfig = dataclasses.field(default_factory=XBMConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    protocol: ProtocolConfig = dataclasses.field(default_factory=ProtocolConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    @classmethod
+    def from_flags(cls, values):
+        """Builds a config from ``{flag name: value}`` (missing flags keep their defaults)."""
+        unknown = set(values) - {name for name, _, _ in flag_fields()}
+        if unknown:
+            raise ConfigError(f"unknown experiment flags: {', '.join(sorted(unknown))}")
+        groups = {}
+        for group, group_cls in GROUPS.items():
+            groups[group] = group_cls(**{
+                f.name: values[flag_name(f)] for f in dataclasses.fields(group_cls)
+                if flag_name(f) in values})
+        return cls(**groups)
+
+    def flags(self):
+        """``{flag name: value}`` of every flag."""
+        return {name: getattr(getattr(self, group), field.name)
+                for name, group, field in flag_fields()}
+
+    def replace(self, **flag_changes):
+        """A copy with some flags changed, by flag name (``replace(ccp=True, folds=2)``)."""
+        return ExperimentConfig.from_flags({**self.flags(), **flag_changes})
+
+    def to_dict(self):
+        """``{group: {flag name: value}}`` (the layout of config.json)."""
+        flat = self.flags()
+        return {group: {flag_name(f): flat[flag_name(f)] for f in dataclasses.fields(cls)}
+                for group, cls in GROUPS.items()}
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
     @property
     def resolved_image_size(self):
-        if self.image_size:
-            return self.image_size
-        return 32 if self.backbone == "small_cnn" else 227
+        if self.data.image_size:
+            return self.data.image_size
+        return registry.BACKBONES[self.model.backbone].image_size
 
     @property
     def batch_size(self):
-        return self.classes_per_batch * self.samples_per_class
+        return self.data.classes_per_batch * self.data.samples_per_class
 
-    def to_json(self):
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+    @property
+    def method(self):
+        """The method's title in tables ("C2-CCP")."""
+        return registry.method_title(self.loss.name, self.ccp.enabled, self.xbm.enabled)
 
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
+
+POSITIVE_INTS = (
+    "embedding_size", "classes_per_batch", "samples_per_class", "steps_per_epoch", "max_epochs",
+    "patience", "folds", "repeats", "eval_batch_size", "ccp_proxies_per_class", "ccp_pool_size",
+    "ccp_patience", "ccp_min_iterations", "xbm_memory_batches", "soft_triple_centers",
+)
 
 
-class ConfigError(ValueError):
-    """An inconsistent or invalid experiment configuration (names the flags involved)."""
+def _choice_problems(flat):
+    problems = []
+    for name, _, field in flag_fields():
+        choices = field.metadata.get("choices")
+        if choices is not None and flat[name] not in choices:
+            problems.append(f"--{name}={flat[name]!r} is not one of {', '.join(choices)}")
+    return problems
+
+
+def _range_problems(flat):
+    problems = [f"--{name} must be >= 1, got {flat[name]}"
+                for name in POSITIVE_INTS if flat[name] < 1]
+    if flat["image_size"] < 0:
+        problems.append(f"--image_size must be >= 0, got {flat['image_size']}")
+    if not 0.0 < flat["min_crop_area"] <= 1.0:
+        problems.append(f"--min_crop_area must be in (0, 1], got {flat['min_crop_area']}")
+    if flat["learning_rate"] <= 0:
+        problems.append(f"--learning_rate must be > 0, got {flat['learning_rate']}")
+    if flat["ccp_monitor_lag"] not in (0, 1):
+        problems.append(f"--ccp_monitor_lag must be 0 or 1, got {flat['ccp_monitor_lag']}")
+    if not flat["recall_at"] or any(k < 1 for k in flat["recall_at"]):
+        problems.append(f"--recall_at must be positive integers, got {flat['recall_at']}")
+    if flat["warmup_epochs"] < 0:
+        problems.append(f"--warmup_epochs must be >= 0, got {flat['warmup_epochs']}")
+    return problems
+
+
+def _combination_problems(config):
+    problems = []
+    data, loss = config.data, config.loss.name
+    embedded = data.dataset in registry.EMBEDDED_DATASETS
+    if not embedded and not data.data_dir:
+        problems.append(f"--dataset={data.dataset} needs --data_dir (the data set's folder)")
+    if data.data_dir and not embedded and not os.path.isdir(data.data_dir):
+        problems.append(f"--data_dir={data.data_dir!r} is not an existing folder")
+    if config.ccp.enabled and loss in registry.PROXY_LOSSES:
+        problems.append(f"--ccp wraps a pair loss ({', '.join(registry.PAIR_LOSSES)}); "
+                        f"--loss={loss} already owns proxies")
+    if config.xbm.enabled and loss in registry.PROXY_LOSSES:
+        problems.append(f"--xbm needs a pair loss, not --loss={loss}")
+    if loss in registry.PAIR_LOSSES and data.samples_per_class < 2:
+        problems.append(f"--loss={loss} needs positive pairs in a batch: --samples_per_class "
+                        "must be >= 2")
+    if config.run.strategy == "tpu" and not config.run.tpu:
+        problems.append("--strategy=tpu needs --tpu (the TPU name or address)")
+    return problems
+
+
+def _weights_problems(model):
+    weights = model.weights
+    if weights in ("none", ""):
+        return []
+    if not registry.BACKBONES[model.backbone].pretrained:
+        return [f"--backbone={model.backbone} has no pretrained weights: use --weights=none"]
+    if weights != "imagenet" and not os.path.isfile(weights):
+        return [f"--weights={weights!r} is not a file (give a weight file, 'imagenet' or 'none')"]
+    return []
 
 
 def validate(config):
-    """Checks the configuration; raises ConfigError naming the offending flags."""
-    problems = []
-    for field in dataclasses.fields(config):
-        choices = field.metadata.get("choices")
-        value = getattr(config, field.name)
-        if choices is not None and value not in choices:
-            problems.append(f"--{field.name}={value!r} is not one of {', '.join(choices)}")
-    if config.dataset != "digits" and not config.data_dir:
-        problems.append(f"--dataset={config.dataset} needs --data_dir (the data set's folder)")
-    if config.data_dir and config.dataset != "digits" and not os.path.isdir(config.data_dir):
-        problems.append(f"--data_dir={config.data_dir!r} is not an existing folder")
-    if config.ccp and config.loss in PROXY_LOSSES:
-        problems.append(
-            f"--ccp wraps a pair loss ({', '.join(PAIR_LOSSES)}); --loss={config.loss} already "
-            "owns proxies"
-        )
-    if config.xbm and config.loss in PROXY_LOSSES:
-        problems.append(f"--xbm needs a pair loss, not --loss={config.loss}")
-    if config.loss in PAIR_LOSSES and config.samples_per_class < 2:
-        problems.append(
-            f"--loss={config.loss} needs positive pairs in a batch: --samples_per_class must be >= 2"
-        )
-    positive_ints = (
-        "embedding_size", "classes_per_batch", "samples_per_class", "steps_per_epoch",
-        "max_epochs", "patience", "folds", "repeats", "eval_batch_size",
-        "ccp_proxies_per_class", "ccp_pool_size", "ccp_patience", "xbm_memory_batches",
-        "soft_triple_centers",
-    )
-    for name in positive_ints:
-        if getattr(config, name) < 1:
-            problems.append(f"--{name} must be >= 1, got {getattr(config, name)}")
-    if config.image_size < 0:
-        problems.append(f"--image_size must be >= 0, got {config.image_size}")
-    if not 0.0 < config.min_crop_area <= 1.0:
-        problems.append(f"--min_crop_area must be in (0, 1], got {config.min_crop_area}")
-    if config.learning_rate <= 0:
-        problems.append(f"--learning_rate must be > 0, got {config.learning_rate}")
-    if config.ccp_monitor_lag not in (0, 1):
-        problems.append(f"--ccp_monitor_lag must be 0 or 1, got {config.ccp_monitor_lag}")
-    if config.strategy == "tpu" and not config.tpu:
-        problems.append("--strategy=tpu needs --tpu (the TPU name or address)")
-    if not config.recall_at or any(k < 1 for k in config.recall_at):
-        problems.append(f"--recall_at must be positive integers, got {config.recall_at}")
-    if config.backbone == "small_cnn" and config.weights not in ("none", ""):
-        problems.append("--backbone=small_cnn has no pretrained weights: use --weights=none")
+    """Checks everything that needs no data; raises ConfigError naming the offending flags."""
+    flat = config.flags()
+    problems = _choice_problems(flat)
+    if not problems:  # the other checks assume valid choices
+        problems = (_range_problems(flat) + _combination_problems(config)
+                    + _weights_problems(config.model))
     if problems:
-        raise ConfigError("Invalid experiment flags:\n  " + "\n  ".join(problems))
+        raise ConfigError("invalid experiment flags: " + "; ".join(problems))
     return config

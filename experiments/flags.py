@@ -1,15 +1,17 @@
-"""absl flags generated from :class:`experiments.config.ExperimentConfig` (one schema)."""
-import dataclasses
+"""absl flags generated from :mod:`experiments.config` (one schema), and flagfile lookup."""
+import os
 
 from absl import flags
 
 from experiments import config as config_lib
 
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
 
 def define_flags(flag_values=flags.FLAGS):
-    """Defines one absl flag per ExperimentConfig field (same name, default, help)."""
-    for field in dataclasses.fields(config_lib.ExperimentConfig):
-        name, default, help_text = field.name, field.default, field.metadata["help"]
+    """Defines one absl flag per config field (same name, default, help, choices)."""
+    for name, _, field in config_lib.flag_fields():
+        default, help_text = field.default, field.metadata["help"]
         choices = field.metadata.get("choices")
         if choices is not None:
             flags.DEFINE_enum(name, default, choices, help_text, flag_values=flag_values)
@@ -28,22 +30,44 @@ def define_flags(flag_values=flags.FLAGS):
 def config_from_flags(flag_values=flags.FLAGS):
     """Builds and validates an ExperimentConfig from parsed flags."""
     values = {}
-    for field in dataclasses.fields(config_lib.ExperimentConfig):
-        value = flag_values[field.name].value
+    for name, _, field in config_lib.flag_fields():
+        value = flag_values[name].value
         if isinstance(field.default, tuple):
             try:
                 value = tuple(int(v) for v in value)
             except ValueError as error:
                 raise config_lib.ConfigError(
-                    f"--{field.name} expects comma-separated integers, got {value}"
-                ) from error
-        values[field.name] = value
-    return config_lib.validate(config_lib.ExperimentConfig(**values))
+                    f"--{name} expects comma-separated integers, got {value}") from error
+        values[name] = value
+    return config_lib.validate(config_lib.ExperimentConfig.from_flags(values))
 
 
-def parse_flagfile(path):
-    """Parses a flagfile into a validated ExperimentConfig without touching global FLAGS."""
+def resolve_flagfile(path, configs_dir=CONFIGS_DIR):
+    """``path`` if it exists, else ``configs_dir/path`` when that exists (``--flagfile=cub.cfg``).
+
+    Returns ``path`` unchanged when neither exists (absl then reports the missing file).
+    """
+    if os.path.exists(path) or os.path.isabs(path):
+        return path
+    candidate = os.path.join(configs_dir, path)
+    return candidate if os.path.exists(candidate) else path
+
+
+def resolve_flagfile_args(argv, configs_dir=CONFIGS_DIR):
+    """argv with each ``--flagfile=NAME`` resolved by :func:`resolve_flagfile`."""
+    resolved = []
+    for arg in argv:
+        for prefix in ("--flagfile=", "-flagfile="):
+            if arg.startswith(prefix):
+                arg = prefix + resolve_flagfile(arg[len(prefix):], configs_dir)
+        resolved.append(arg)
+    return resolved
+
+
+def parse_flagfile(path, extra=()):
+    """Parses a flagfile (and extra flags) into a validated ExperimentConfig; global FLAGS stay
+    untouched."""
     flag_values = flags.FlagValues()
     define_flags(flag_values)
-    flag_values([__file__, f"--flagfile={path}"])
+    flag_values([__file__, f"--flagfile={resolve_flagfile(path)}", *extra])
     return config_from_flags(flag_values)

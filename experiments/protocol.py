@@ -1,17 +1,18 @@
 """The benchmark protocol end to end (SPEC §6): fold models, test metrics, ensemble, export.
 
-Layout of ``output_dir``::
+Layout of ``output_dir`` (see ``experiments/run_folder.py`` for the lifecycle)::
 
-  config.json                  the configuration (a resumed run must match it)
+  run.lock                     held while a process works in the folder
+  config.json                  the configuration, by group (a resumed run must match it)
   repeat_R/fold_K/             checkpoints/, logs/ (events.jsonl, TensorBoard),
                                model.weights.h5, test_embeddings.npz, fold_result.json
-  results.json, results.md     per-fold 128D metrics, their average, the concatenation
-  export/fold_K, export/ensemble   SavedModel embedders (last repeat)
+  export/fold_K, export/ensemble   SavedModel embedders (last repeat), each written when ready
+  results.json, results.md     per-fold metrics, their average, the concatenation
   report.md, *.png             plots
+  COMPLETE                     written last
 """
-import dataclasses
-import json
 import os
+import shutil
 import time
 
 import numpy as np
@@ -21,344 +22,255 @@ import ccp
 import data_pipelines
 from experiments import builders
 from experiments import config as config_lib
+from experiments import fold_training
 from experiments import report as report_lib
+from experiments import results as results_lib
+from experiments import run_folder
+from experiments.results import Embedded, FoldResult
 
-METRIC_ORDER = ("precision_at_1", "recall_at_2", "recall_at_4", "recall_at_8",
-                "r_precision", "map_at_r", "nmi")
-METRIC_TITLES = {"precision_at_1": "P@1 (R@1)", "r_precision": "R-precision", "map_at_r": "MAP@R",
-                 "nmi": "NMI"}
-
-
-def _write_json(path, payload):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-    os.replace(tmp, path)  # atomic: a killed run never leaves half a file
+WEIGHTS_FILE = "model.weights.h5"
+EXPORT_DIR = "export"
 
 
-def _read_json(path):
-    with open(path) as handle:
-        return json.load(handle)
-
-
-def check_resume_config(config, output_dir):
-    """Stores config.json; a re-run in the same folder must use the same training settings."""
-    path = os.path.join(output_dir, "config.json")
-    current = dataclasses.asdict(config)
-    if os.path.exists(path):
-        stored = _read_json(path)
-        # Settings that do not change what is trained may differ between runs.
-        free = {"output_dir", "progress_bar", "report", "export", "tsne_points", "data_dir",
-                "repeats", "compute_nmi", "eval_batch_size"}
-        changed = sorted(
-            k for k in current
-            if k not in free and json.loads(json.dumps(current[k])) != stored.get(k)
-        )
-        if changed:
-            raise config_lib.ConfigError(
-                f"{output_dir} holds a run with different settings ({', '.join(changed)}); "
-                "use another --output_dir or the same flags to resume"
-            )
-    _write_json(path, current)
-
-
-@dataclasses.dataclass
 class EvaluationSets:
     """Query set and reference set (None = the query set itself) of the test split."""
 
-    query: object
-    reference: object = None
+    def __init__(self, splits):
+        if splits.query is not None and splits.gallery is not None:
+            self.query, self.reference = splits.query, splits.gallery
+        else:
+            self.query, self.reference = splits.test, None
 
 
-def evaluation_sets(splits):
-    if splits.query is not None and splits.gallery is not None:
-        return EvaluationSets(query=splits.query, reference=splits.gallery)
-    return EvaluationSets(query=splits.test)
+def check_data(config, splits):
+    """Flag/data conflicts, found before anything is written; returns the class folds."""
+    num_classes, num_folds = splits.train.num_classes, config.protocol.folds
+    if num_folds > num_classes:
+        raise config_lib.ConfigError(
+            f"--folds={num_folds} needs at least one training class per fold; "
+            f"{config.data.dataset} has {num_classes} training classes")
+    folds = data_pipelines.class_folds(splits.train, num_folds=num_folds)
+    smallest = min(fold.train.num_classes for fold in folds)
+    if config.data.classes_per_batch > smallest:
+        raise config_lib.ConfigError(
+            f"--classes_per_batch={config.data.classes_per_batch} exceeds the {smallest} "
+            f"training classes of the smallest fold of {config.data.dataset}")
+    return folds
 
 
-def embed_records(config, model, records):
-    embeddings, labels = ccp.training.embed_dataset(model, builders.eval_dataset(config, records))
-    return embeddings, labels
+def check_weights(config):
+    """Pretrained weights load (file present, readable, matching the model) before any write."""
+    if config.model.weights in ("none", ""):
+        return
+    try:
+        builders.build_model(config, name="weights_check")
+    except (OSError, RuntimeError, ValueError) as error:  # the library names file and remedy
+        raise config_lib.ConfigError(f"--weights={config.model.weights}: {error}") from error
 
 
 def test_metrics(config, query, reference=None):
-    """Retrieval metrics (+ NMI) of query embeddings against the reference set.
-
-    Args:
-      query: (embeddings [N, D], labels [N]); reference: the same for the gallery, or None.
-    """
-    q_emb, q_lab = query
-    r_emb, r_lab = reference if reference is not None else (None, None)
+    """Retrieval metrics (+ NMI) of query embeddings against the reference set (Embedded)."""
+    ref_emb, ref_lab = (reference.embeddings, reference.labels) if reference else (None, None)
     metrics = ccp.metrics.retrieval_metrics(
-        q_emb, q_lab, ref_embeddings=r_emb, ref_labels=r_lab, recall_at=config.recall_at
-    )
-    if config.compute_nmi:
-        all_emb = q_emb if r_emb is None else np.concatenate([q_emb, r_emb])
-        all_lab = q_lab if r_lab is None else np.concatenate([q_lab, r_lab])
-        metrics["nmi"] = ccp.metrics.nmi(all_emb, all_lab, seed=config.seed)
+        query.embeddings, query.labels, ref_embeddings=ref_emb, ref_labels=ref_lab,
+        recall_at=config.protocol.recall_at)
+    if config.protocol.compute_nmi:
+        parts = [query] + ([reference] if reference is not None else [])
+        metrics["nmi"] = ccp.metrics.nmi(np.concatenate([p.embeddings for p in parts]),
+                                         np.concatenate([p.labels for p in parts]),
+                                         seed=config.protocol.seed)
     return {k: float(v) for k, v in metrics.items()}
 
 
-def train_fold(config, fold, fold_dir, seed, strategy):
-    """Trains one fold model (resuming from its checkpoint) and returns (model, loss, result)."""
-    train_records = fold.train
-    val_records = fold.val
-    num_classes = train_records.num_classes
-    with strategy.scope():
-        model = builders.build_model(config, name=f"fold_{fold.index}")
-        loss = builders.build_loss(config, num_classes)
-        trainer = ccp.training.Trainer(
-            **builders.trainer_arguments(config, model, loss, strategy, fold_dir)
-        )
-    validation = builders.eval_dataset(config, val_records) if val_records is not None else None
-    projection_pool = (
-        builders.proxy_pool_fn(config, train_records, seed) if config.ccp else None
-    )
-    result = trainer.fit(
-        builders.train_dataset_fn(config, train_records, seed),
-        validation_data=validation,
-        proxy_pool_fn=projection_pool,
-    )
-    return model, loss, result
+def embed(config, model, records):
+    embeddings, labels = ccp.training.embed_dataset(model, builders.eval_dataset(config, records))
+    return Embedded(embeddings, labels)
 
 
-def run_fold(config, fold, fold_dir, seed, strategy, eval_sets):
-    """Trains (or reloads) one fold; returns its record with test embeddings and metrics."""
-    result_path = os.path.join(fold_dir, "fold_result.json")
-    weights_path = os.path.join(fold_dir, "model.weights.h5")
-    embeddings_path = os.path.join(fold_dir, "test_embeddings.npz")
-    if os.path.exists(result_path) and os.path.exists(embeddings_path):
+def _proxies(loss):
+    proxies = getattr(loss, "proxies", None)
+    if proxies is None:
+        return None
+    return Embedded(np.asarray(proxies.numpy()), np.asarray(loss.proxy_labels))
+
+
+def run_fold(config, fold, fold_dir, repeat, seed, strategy, eval_sets):
+    """Trains one fold (or reloads a finished one); returns ``(FoldResult, model or None)``."""
+    if FoldResult.exists(fold_dir):
         logging.info("fold %s already finished in %s: not retrained", fold.index, fold_dir)
-        stored = np.load(embeddings_path)
-        record = _read_json(result_path)
-        record["query"] = (stored["query"], stored["query_labels"])
-        record["reference"] = (
-            (stored["reference"], stored["reference_labels"]) if "reference" in stored else None
-        )
-        return record
+        return FoldResult.load(fold_dir, repeat), None
     os.makedirs(fold_dir, exist_ok=True)
     started = time.time()
-    model, loss, result = train_fold(config, fold, fold_dir, seed, strategy)
-    model.save_weights(weights_path)
-    query = embed_records(config, model, eval_sets.query)
-    reference = (
-        embed_records(config, model, eval_sets.reference) if eval_sets.reference is not None else None
-    )
-    metrics = test_metrics(config, query, reference)
-    arrays = {"query": query[0], "query_labels": query[1]}
-    if reference is not None:
-        arrays.update(reference=reference[0], reference_labels=reference[1])
-    proxies = getattr(loss, "proxies", None)
-    if proxies is not None:
-        arrays.update(proxies=np.asarray(proxies.numpy()),
-                      proxy_labels=np.asarray(loss.proxy_labels))
-    np.savez(embeddings_path, **arrays)
-    record = {
-        "fold": fold.index,
-        "train_classes": int(fold.train.num_classes),
-        "val_classes": int(fold.val.num_classes) if fold.val is not None else 0,
-        "test_metrics": metrics,
-        "training": _json_safe(result),
-        "seconds": time.time() - started,
-    }
-    _write_json(result_path, record)
-    logging.info("fold %s: test MAP@R %.4f", fold.index, metrics["map_at_r"])
-    record["query"], record["reference"] = query, reference
-    return record
+    builders.seed_everything(seed)  # the fold's weights do not depend on earlier folds
+    model, loss, training = fold_training.train_fold(config, fold, fold_dir, seed, strategy)
+    model.save_weights(os.path.join(fold_dir, WEIGHTS_FILE))
+    query = embed(config, model, eval_sets.query)
+    reference = embed(config, model, eval_sets.reference) if eval_sets.reference else None
+    result = FoldResult(
+        repeat=repeat, fold=fold.index, train_classes=int(fold.train.num_classes),
+        val_classes=int(fold.val.num_classes) if fold.val is not None else 0,
+        test_metrics=test_metrics(config, query, reference),
+        training=results_lib.json_safe(training), seconds=time.time() - started,
+        query=query, reference=reference, proxies=_proxies(loss))
+    result.save(fold_dir)
+    logging.info("fold %s: test MAP@R %.4f", fold.index, result.test_metrics["map_at_r"])
+    return result, model
 
 
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if dataclasses.is_dataclass(value):
-        return _json_safe(dataclasses.asdict(value))
-    return value
-
-
-def ensemble_metrics(config, fold_records):
+def ensemble_metrics(config, fold_results):
     """Metrics of the concatenation of the folds' normalized embeddings (the 512D model)."""
-    query = (
-        np.concatenate([ccp.metrics.lipschitz_normalize(r["query"][0]) for r in fold_records], axis=1),
-        fold_records[0]["query"][1],
-    )
+    def concat(parts):
+        return Embedded(np.concatenate([ccp.metrics.lipschitz_normalize(p.embeddings)
+                                        for p in parts], axis=1), parts[0].labels)
+
     reference = None
-    if fold_records[0]["reference"] is not None:
-        reference = (
-            np.concatenate([ccp.metrics.lipschitz_normalize(r["reference"][0]) for r in fold_records], axis=1),
-            fold_records[0]["reference"][1],
-        )
-    return test_metrics(config, query, reference)
+    if fold_results[0].reference is not None:
+        reference = concat([r.reference for r in fold_results])
+    return test_metrics(config, concat([r.query for r in fold_results]), reference)
 
 
-def summarize(values):
-    values = np.asarray(values, dtype=np.float64)
-    return {"mean": float(values.mean()), "std": float(values.std()), "values": values.tolist()}
+def export_once(models, export_dir, replace=False):
+    """Exports a SavedModel embedder unless ``export_dir`` already holds a finished one (or
+    ``replace``). Written to ``export_dir.partial`` and renamed, so a killed export leaves no
+    folder that looks finished. Returns whether it exported.
+    """
+    if not replace and os.path.exists(os.path.join(export_dir, "saved_model.pb")):
+        return False
+    partial = export_dir + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    ccp.export.export_embedder(models, partial)
+    shutil.rmtree(export_dir, ignore_errors=True)
+    os.replace(partial, export_dir)
+    return True
 
 
-def results_table(results):
-    """Markdown table: metric rows, columns 128D fold average and the concatenation."""
-    dims = results["embedding_size"]
-    concat_dims = dims * results["folds"]
-    header = f"| metric | {dims}D (fold average) |"
-    rule = "|---|---|"
-    if results["folds"] > 1:
-        header += f" {concat_dims}D (concatenation) |"
-        rule += "---|"
-    lines = [f"**{results['method']}** on {results['dataset']}", "", header, rule]
-    names = [m for m in METRIC_ORDER if m in results["average"]]
-    names += sorted(m for m in results["average"] if m.startswith("recall_at_")
-                    and m not in names and m != "recall_at_1")
-    for name in names:
-        mean = results["average"][name]
-        row = f"| {METRIC_TITLES.get(name, name.replace('recall_at_', 'R@'))} | {100 * mean['mean']:.2f}"
-        if len(mean["values"]) > 1:
-            row += f" ± {100 * mean['std']:.2f}"
-        row += " |"
-        if results["folds"] > 1:
-            row += f" {100 * results['concatenated'][name]['mean']:.2f} |"
-        lines.append(row)
-    return "\n".join(lines)
+class FoldModels:
+    """The last repeat's fold models, built from their weight files only when an export needs
+    them (a resumed run whose exports exist loads nothing).
+
+    Attributes:
+      trained: indices of the folds trained by this process (their exports are rewritten).
+    """
+
+    def __init__(self, config, repeat_dir):
+        self.config, self.repeat_dir, self.models, self.trained = config, repeat_dir, {}, set()
+
+    def add(self, index, model):
+        if model is not None:
+            self.models[index] = model
+            self.trained.add(index)
+
+    def get(self, index):
+        if index not in self.models:
+            model = builders.build_model(self.config, name=f"fold_{index}")
+            ccp.models.load_embedding_weights(
+                model, os.path.join(self.repeat_dir, f"fold_{index}", WEIGHTS_FILE))
+            self.models[index] = model
+        return self.models[index]
 
 
-def method_name(config):
-    name = {"contrastive": "C2", "cosine_contrastive": "C1", "triplet": "Triplet",
-            "multi_similarity": "MS", "margin": "Margin", "proxy_anchor": "ProxyAnchor",
-            "proxy_nca": "ProxyNCA++", "soft_triple": "SoftTriple"}[config.loss]
-    if config.ccp:
-        name += "-CCP"
-    if config.xbm:
-        name += " + XBM"
-    return name
+def _export_dir(config, name):
+    return os.path.join(config.run.output_dir, EXPORT_DIR, name)
 
 
-def run(config):
-    """Runs the whole protocol; returns the results dict (also written to results.json)."""
-    os.makedirs(config.output_dir, exist_ok=True)
-    check_resume_config(config, config.output_dir)
-    builders.set_precision(config)
-    strategy = builders.build_strategy(config)
-    if config.dataset == "digits":  # embedded, rendered at the model's input size
-        splits = data_pipelines.load("digits", None, image_size=config.resolved_image_size)
-    else:
-        splits = data_pipelines.load(config.dataset, config.data_dir)
-    eval_sets = evaluation_sets(splits)
-    folds = data_pipelines.class_folds(splits.train, num_folds=config.folds)
-    per_repeat = []
-    for repeat in range(config.repeats):
-        seed = config.seed + repeat
-        records = []
+def run_repeat(config, repeat, folds, strategy, eval_sets):
+    """Trains the folds of one repeat; each of the last repeat's fold models is exported as
+    soon as it is trained. Returns ``(fold results, FoldModels or None)``."""
+    repeat_dir = os.path.join(config.run.output_dir, f"repeat_{repeat}")
+    exporting = config.run.export and repeat == config.protocol.repeats - 1
+    models = FoldModels(config, repeat_dir) if exporting else None
+    fold_results = []
+    for fold in folds:
+        seed = config.protocol.seed + repeat + 1000 * fold.index
+        result, model = run_fold(config, fold, os.path.join(repeat_dir, f"fold_{fold.index}"),
+                                 repeat, seed, strategy, eval_sets)
+        fold_results.append(result)
+        if exporting:
+            models.add(fold.index, model)
+            path = _export_dir(config, f"fold_{fold.index}")
+            if model is not None or not os.path.exists(os.path.join(path, "saved_model.pb")):
+                export_once(models.get(fold.index), path, replace=model is not None)
+    return fold_results, models
+
+
+def export_ensemble(config, folds, models):
+    """The concatenation of the last repeat's fold models (skipped when it exists and no fold
+    was retrained)."""
+    if models is None or len(folds) < 2:
+        return
+    export_once([models.get(fold.index) for fold in folds], _export_dir(config, "ensemble"),
+                replace=bool(models.trained))
+
+
+def prepare(config):
+    """Everything checkable before the output folder is touched: data, folds, weights."""
+    try:
+        splits = builders.load_splits(config)
+    except (ValueError, OSError) as error:  # the loaders' layout, count and image errors
+        raise config_lib.DataError(f"--dataset={config.data.dataset}: {error}") from error
+    folds = check_data(config, splits)
+    check_weights(config)
+    return EvaluationSets(splits), folds
+
+
+def completion_artifacts(config, folds):
+    """The files whose presence ``COMPLETE`` vouches for (relative to the output folder)."""
+    artifacts = ["config.json", "results.json", "results.md"]
+    for repeat in range(config.protocol.repeats):
         for fold in folds:
-            fold_dir = os.path.join(config.output_dir, f"repeat_{repeat}", f"fold_{fold.index}")
-            records.append(run_fold(config, fold, fold_dir, seed + 1000 * fold.index,
-                                    strategy, eval_sets))
-        concatenated = ensemble_metrics(config, records) if config.folds > 1 else None
-        per_repeat.append((records, concatenated))
+            fold_dir = os.path.join(f"repeat_{repeat}", f"fold_{fold.index}")
+            artifacts += [os.path.join(fold_dir, f) for f in
+                          (results_lib.RESULT_FILE, results_lib.EMBEDDINGS_FILE, WEIGHTS_FILE)]
+    if config.run.export:
+        artifacts += [os.path.join(EXPORT_DIR, f"fold_{f.index}", "saved_model.pb") for f in folds]
+        if len(folds) > 1:
+            artifacts.append(os.path.join(EXPORT_DIR, "ensemble", "saved_model.pb"))
+    if config.run.report:
+        artifacts.append("report.md")
+    return artifacts
 
-    fold_metrics = [r["test_metrics"] for records, _ in per_repeat for r in records]
-    names = list(fold_metrics[0])
-    results = {
-        "dataset": config.dataset,
-        "method": method_name(config),
-        "embedding_size": config.embedding_size,
-        "folds": config.folds,
-        "repeats": config.repeats,
-        "per_fold": [
-            {"repeat": i, "fold": r["fold"], "metrics": r["test_metrics"],
-             "best_validation_map_at_r": r["training"].get("best_metric")
-             if isinstance(r["training"], dict) else None}
-            for i, (records, _) in enumerate(per_repeat) for r in records
-        ],
-        # Fold average per repeat, then mean/std over repeats (std over folds when 1 repeat).
-        "average": {
-            n: summarize(
-                [np.mean([r["test_metrics"][n] for r in records]) for records, _ in per_repeat]
-                if config.repeats > 1 else [m[n] for m in fold_metrics]
-            )
-            for n in names
-        },
-    }
-    if config.folds > 1:
-        results["concatenated"] = {
-            n: summarize([c[n] for _, c in per_repeat]) for n in names
-        }
-    results["table"] = results_table(results)
-    _write_json(os.path.join(config.output_dir, "results.json"), results)
-    with open(os.path.join(config.output_dir, "results.md"), "w") as handle:
+
+def train_and_report(config, folds, eval_sets):
+    """All repeats and folds, exports, results.json and the report; returns the results."""
+    builders.set_precision(config)
+    builders.set_determinism(config)
+    strategy = builders.build_strategy(config)
+    per_repeat, concatenated, models = [], [], None
+    for repeat in range(config.protocol.repeats):
+        fold_results, repeat_models = run_repeat(config, repeat, folds, strategy, eval_sets)
+        models = repeat_models or models
+        per_repeat.append(fold_results)
+        concatenated.append(ensemble_metrics(config, fold_results)
+                            if config.protocol.folds > 1 else None)
+    export_ensemble(config, folds, models)
+    results = results_lib.aggregate(config, per_repeat, concatenated)
+    output_dir = config.run.output_dir
+    run_folder.write_json(os.path.join(output_dir, "results.json"), results)
+    with open(os.path.join(output_dir, "results.md"), "w") as handle:
         handle.write(results["table"] + "\n")
-
-    last_records = per_repeat[-1][0]
-    if config.export:
-        export_models(config, folds, last_records)
-    if config.report:
-        write_experiment_report(config, results, last_records)
+    if config.run.report:
+        report_lib.write_experiment_report(config, results, per_repeat[-1])
     return results
 
 
-def _load_fold_model(config, fold_dir, index):
-    model = builders.build_model(config, name=f"fold_{index}")
-    model.load_weights(os.path.join(fold_dir, "model.weights.h5"))
-    return model
+def run(config):
+    """Runs the whole protocol; returns the results dict (also written to results.json).
 
-
-def export_models(config, folds, records):
-    repeat_dir = os.path.join(config.output_dir, f"repeat_{config.repeats - 1}")
-    models = [
-        _load_fold_model(config, os.path.join(repeat_dir, f"fold_{fold.index}"), fold.index)
-        for fold in folds
-    ]
-    export_dir = os.path.join(config.output_dir, "export")
-    for fold, model in zip(folds, models):
-        ccp.export.export_embedder(model, os.path.join(export_dir, f"fold_{fold.index}"))
-    if len(models) > 1:
-        ccp.export.export_embedder(models, os.path.join(export_dir, "ensemble"))
-    logging.info("exported SavedModel embedders to %s", export_dir)
-
-
-def read_fold_log(fold_dir, name):
-    """Epoch records and projection events of a fold from its events.jsonl."""
-    epochs, projections = [], []
-    path = os.path.join(fold_dir, "logs", "events.jsonl")
-    if os.path.exists(path):
-        with open(path) as handle:
-            for line in handle:
-                event = json.loads(line)
-                if event.get("event") == "epoch":
-                    epochs.append(event)
-                elif event.get("event") == "projection":
-                    projections.append(event)
-    return {"name": name, "epochs": epochs, "projections": projections}
-
-
-def write_experiment_report(config, results, records):
-    repeat_dir = os.path.join(config.output_dir, f"repeat_{config.repeats - 1}")
-    logs = [read_fold_log(os.path.join(repeat_dir, f"fold_{r['fold']}"), f"fold {r['fold']}")
-            for r in records]
-    figures = []
-    curves = os.path.join(config.output_dir, "training_curves.png")
-    report_lib.plot_training_curves(logs, curves)
-    figures.append(("Training curves", os.path.basename(curves)))
-    if config.ccp:
-        radius = os.path.join(config.output_dir, "covering_radius.png")
-        report_lib.plot_covering_radius(logs, radius)
-        figures.append(("Covering radius per CCP problem instance", os.path.basename(radius)))
-    if config.tsne_points > 0:
-        stored = np.load(os.path.join(repeat_dir, f"fold_{records[0]['fold']}", "test_embeddings.npz"))
-        tsne = os.path.join(config.output_dir, "tsne.png")
-        report_lib.plot_tsne(
-            stored["query"], stored["query_labels"], tsne,
-            proxies=stored["proxies"] if "proxies" in stored else None,
-            proxy_labels=stored["proxy_labels"] if "proxy_labels" in stored else None,
-            max_points=config.tsne_points, seed=config.seed,
-        )
-        figures.append(("t-SNE of test embeddings (fold 0 model)", os.path.basename(tsne)))
-    notes = [f"Configuration: `{os.path.join(config.output_dir, 'config.json')}`."]
-    return report_lib.write_report(
-        config.output_dir, f"{results['method']} on {results['dataset']}", results["table"],
-        figures, notes,
-    )
+    Checks the data first and writes nothing before that; holds the folder's lock while it
+    works; a complete folder is left as it is (its stored results are returned).
+    """
+    eval_sets, folds = prepare(config)
+    output_dir = config.run.output_dir
+    os.makedirs(output_dir, exist_ok=True)
+    with run_folder.RunLock(output_dir):
+        run_folder.check_config(config.to_dict(), output_dir)
+        if run_folder.completed(output_dir):
+            logging.info("%s is complete: nothing to do", output_dir)
+            results = run_folder.read_json(os.path.join(output_dir, "results.json"))
+            results["already_complete"] = True
+            return results
+        run_folder.mark_incomplete(output_dir)
+        run_folder.store_config(config.to_dict(), output_dir)
+        results = train_and_report(config, folds, eval_sets)
+        run_folder.mark_complete(output_dir, completion_artifacts(config, folds))
+    return results

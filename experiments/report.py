@@ -83,9 +83,8 @@ def plot_tsne(embeddings, labels, path, proxies=None, proxy_labels=None, max_poi
         points.append(proxies)
     stacked = lipschitz_normalize(np.concatenate(points, axis=0).astype(np.float32))
     perplexity = float(min(30.0, max(2.0, (len(stacked) - 1) / 3.0)))
-    coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
-        stacked
-    )
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    coords = tsne.fit_transform(stacked)
     fig, ax = plt.subplots(figsize=(6, 6))
     sample = coords[: len(keep)]
     ax.scatter(sample[:, 0], sample[:, 1], c=labels[keep] % 20, cmap="tab20", s=6, alpha=0.7)
@@ -109,3 +108,37 @@ def write_report(output_dir, title, table_markdown, figures, notes=()):
     with open(path, "w") as handle:
         handle.write("\n".join(lines) + "\n")
     return path
+
+
+def fold_log(fold_result):
+    """``{"name", "epochs", "projections"}`` of a FoldResult's training summary (in memory)."""
+    training = fold_result.training
+    return {"name": f"fold {fold_result.fold}", "epochs": training.get("history", []),
+            "projections": training.get("projections", [])}
+
+
+def write_experiment_report(config, results, fold_results):
+    """report.md with training curves, covering radii (CCP) and a t-SNE of the first fold.
+
+    Args:
+      results: the results dict (its table); fold_results: the last repeat's FoldResults.
+    """
+    output_dir = config.run.output_dir
+    logs = [fold_log(r) for r in fold_results]
+    figures = [("Training curves", "training_curves.png")]
+    plot_training_curves(logs, os.path.join(output_dir, figures[-1][1]))
+    if config.ccp.enabled:
+        figures.append(("Covering radius per CCP problem instance", "covering_radius.png"))
+        plot_covering_radius(logs, os.path.join(output_dir, figures[-1][1]))
+    if config.run.tsne_points > 0:
+        first = fold_results[0]
+        proxies = first.proxies
+        figures.append((f"t-SNE of test embeddings (fold {first.fold} model)", "tsne.png"))
+        plot_tsne(first.query.embeddings, first.query.labels,
+                  os.path.join(output_dir, figures[-1][1]),
+                  proxies=proxies.embeddings if proxies is not None else None,
+                  proxy_labels=proxies.labels if proxies is not None else None,
+                  max_points=config.run.tsne_points, seed=config.protocol.seed)
+    notes = [f"Configuration: `{os.path.join(output_dir, 'config.json')}`."]
+    return write_report(output_dir, f"{results['method']} on {results['dataset']}",
+                        results["table"], figures, notes)

@@ -1,16 +1,21 @@
 """Trains, evaluates and exports one deep-metric-learning experiment.
 
-  python experiments/run.py --flagfile=experiments/configs/cub.cfg --data_dir=/data/CUB_200_2011
+  python experiments/run.py                          # digits, experiments/configs/digits.cfg
+  python experiments/run.py --flagfile=cub.cfg --data_dir=/data/CUB_200_2011
 
-Every flag is a field of experiments/config.py:ExperimentConfig (``--helpfull`` lists them).
-Re-running with the same --output_dir resumes: finished folds are not retrained and an
-interrupted fold continues from its last checkpoint.
+Every flag is a field of experiments/config.py (``--help`` lists them). ``--flagfile=NAME.cfg``
+also finds ``experiments/configs/NAME.cfg``; with neither ``--flagfile`` nor ``--dataset`` the
+digits flagfile is used. Re-running with the same --output_dir resumes: finished folds are not
+retrained and an interrupted fold continues from its last checkpoint; a complete folder is left
+as it is. User errors print one line (``error: ...``) and exit with status 2.
 """
+import logging as py_logging
 import os
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from absl import app, flags, logging  # noqa: E402
 
@@ -18,26 +23,78 @@ from experiments import config as config_lib  # noqa: E402
 from experiments import flags as flags_lib  # noqa: E402
 
 flags_lib.define_flags()
+flags.adopt_module_key_flags(flags_lib)
+flags.DEFINE_bool("verbose_errors", False, "Show the traceback of user errors.")
 FLAGS = flags.FLAGS
+DEFAULT_FLAGFILE = os.path.join(flags_lib.CONFIGS_DIR, "digits.cfg")
+USAGE_ERROR = 2
+PROJECT_DIRS = tuple(str(ROOT / name) for name in ("ccp", "data_pipelines", "experiments"))
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected positional arguments: {' '.join(argv[1:])}")
+def preprocess_argv(argv):
+    """Resolves ``--flagfile=NAME`` and puts the digits flagfile first when no flagfile and no
+    ``--dataset`` is given (the no-flag run)."""
+    argv = flags_lib.resolve_flagfile_args(argv)
+    given = [a.lstrip("-").split("=")[0] for a in argv[1:]]
+    if "flagfile" not in given and "dataset" not in given:
+        argv = argv[:1] + [f"--flagfile={DEFAULT_FLAGFILE}"] + argv[1:]
+    return argv
+
+
+def fail(message):
+    """Prints a user error on one line and exits with status 2."""
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    sys.exit(USAGE_ERROR)
+
+
+def parse_flags(argv):
     try:
-        config = flags_lib.config_from_flags(FLAGS)
-    except config_lib.ConfigError as error:
-        raise app.UsageError(str(error)) from None
+        return FLAGS(preprocess_argv(argv))
+    except flags.Error as error:
+        fail(error)
+
+
+class _ProjectOnly(py_logging.Filter):
+    """Drops INFO records logged by other packages (TensorFlow's checkpoint and export chatter)."""
+
+    def filter(self, record):
+        return record.levelno > py_logging.INFO or record.pathname.startswith(PROJECT_DIRS)
+
+
+def quiet_logs():
+    """TensorFlow's C++ log off and other packages' INFO lines hidden, unless --verbosity."""
+    if FLAGS["verbosity"].present:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.get_absl_handler().addFilter(_ProjectOnly())
+
+
+def run(config):
+    quiet_logs()
     # Imported after flag validation: a bad flag fails in a second, not after TF starts.
     from experiments import protocol
 
     results = protocol.run(config)
+    output_dir = config.run.output_dir
+    if results.get("already_complete"):
+        print(f"{output_dir} already holds a complete run (delete its COMPLETE file to redo "
+              "the exports and report); its results:")
     print(results["table"])
-    print(f"results: {os.path.join(config.output_dir, 'results.json')}")
-    if config.report:
-        print(f"report: {os.path.join(config.output_dir, 'report.md')}")
-    logging.info("done")
+    print(f"results: {os.path.join(output_dir, 'results.json')}")
+    if config.run.report:
+        print(f"report: {os.path.join(output_dir, 'report.md')}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        fail(f"unexpected positional arguments: {' '.join(argv[1:])}")
+    try:
+        run(flags_lib.config_from_flags(FLAGS))
+    except (config_lib.UserError, OSError) as error:
+        if FLAGS.verbose_errors:
+            raise
+        fail(error)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -35,20 +35,24 @@ def test_every_flagfile_parses_and_builds_its_loss(dataset_cfg, variant, tmp_pat
     config = _parse(*files, extra=[f"--data_dir={tmp_path}"])
     loss = builders.build_loss(config, num_classes=6)
     assert loss.loss_terms is not None
-    if config.ccp:
-        assert loss.proxies.shape == (6 * config.ccp_proxies_per_class, config.embedding_size)
+    if config.ccp.enabled:
+        assert loss.proxies.shape == (6 * config.ccp.proxies_per_class,
+                                      config.model.embedding_size)
     if variant is None and not dataset_cfg.endswith("digits.cfg"):
-        assert config.loss == "contrastive" and config.ccp and config.folds == 4
-        assert config.backbone == "bn_inception" and config.learning_rate == 1e-5
+        assert config.loss.name == "contrastive" and config.ccp.enabled
+        assert config.protocol.folds == 4
+        assert config.model.backbone == "bn_inception" and config.optimizer.learning_rate == 1e-5
 
 
 def test_paper_hyperparameters_per_dataset(tmp_path):
     cub = _parse(os.path.join(CONFIGS, "cub.cfg"), extra=[f"--data_dir={tmp_path}"])
     sop = _parse(os.path.join(CONFIGS, "sop.cfg"), extra=[f"--data_dir={tmp_path}"])
-    assert (cub.pos_margin, cub.neg_margin) == (0.0, 0.3841)
-    assert (cub.ccp_proxies_per_class, cub.ccp_pool_size, cub.steps_per_epoch) == (8, 12, 25)
-    assert (sop.ccp_proxies_per_class, sop.ccp_pool_size, sop.steps_per_epoch) == (4, 7, 250)
-    assert (sop.soft_triple_lambda, sop.soft_triple_gamma) == (100.0, 47.9)
+    assert (cub.loss.pos_margin, cub.loss.neg_margin) == (0.0, 0.3841)
+    assert (cub.ccp.proxies_per_class, cub.ccp.pool_size, cub.protocol.steps_per_epoch) == (
+        8, 12, 25)
+    assert (sop.ccp.proxies_per_class, sop.ccp.pool_size, sop.protocol.steps_per_epoch) == (
+        4, 7, 250)
+    assert (sop.loss.soft_triple_lambda, sop.loss.soft_triple_gamma) == (100.0, 47.9)
 
 
 def test_inconsistent_flags_fail_with_the_flag_names(tmp_path):
@@ -90,9 +94,9 @@ def tiny_config(tmp_path, **changes):
 
 
 def _check_results(config, results):
-    stored = json.load(open(os.path.join(config.output_dir, "results.json")))
-    assert stored["method"] == "C2-CCP" and stored["folds"] == config.folds
-    assert len(stored["per_fold"]) == config.folds
+    stored = json.load(open(os.path.join(config.run.output_dir, "results.json")))
+    assert stored["method"] == "C2-CCP" and stored["folds"] == config.protocol.folds
+    assert len(stored["per_fold"]) == config.protocol.folds
     for name in ("precision_at_1", "r_precision", "map_at_r", "recall_at_8", "nmi"):
         assert 0.0 <= stored["average"][name]["mean"] <= 1.0
     assert "MAP@R" in results["table"]
@@ -103,7 +107,7 @@ def test_conventional_single_fold_end_to_end(tmp_path):
     results = protocol.run(config)
     _check_results(config, results)
     assert "concatenated" not in results
-    assert os.path.isdir(os.path.join(config.output_dir, "export", "fold_0"))
+    assert os.path.isdir(os.path.join(config.run.output_dir, "export", "fold_0"))
 
 
 def test_mlrc_four_folds_end_to_end_and_resume(tmp_path):
@@ -115,26 +119,27 @@ def test_mlrc_four_folds_end_to_end_and_resume(tmp_path):
     # The exported 4 x 16 = 64D ensemble loads with plain TensorFlow and embeds uint8 images.
     import tensorflow as tf
 
-    serving = tf.saved_model.load(os.path.join(config.output_dir, "export", "ensemble"))
+    serving = tf.saved_model.load(os.path.join(config.run.output_dir, "export", "ensemble"))
     images = np.random.default_rng(0).integers(0, 256, size=(2, 40, 40, 3)).astype(np.uint8)
     out = serving.signatures["serving_default"](images=tf.constant(images))["embeddings"].numpy()
     assert out.shape == (2, 64)
     # Report: valid PNG files embedded in report.md.
-    report = open(os.path.join(config.output_dir, "report.md")).read()
+    report = open(os.path.join(config.run.output_dir, "report.md")).read()
     for name in ("training_curves.png", "covering_radius.png", "tsne.png"):
-        path = os.path.join(config.output_dir, name)
+        path = os.path.join(config.run.output_dir, name)
         with open(path, "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
         assert name in report
     # Interrupt: fold 3 lost its result (killed before it finished); fold 0-2 are kept as they are.
-    fold = lambda k: os.path.join(config.output_dir, "repeat_0", f"fold_{k}")  # noqa: E731
+    fold = lambda k: os.path.join(config.run.output_dir, "repeat_0", f"fold_{k}")  # noqa: E731
     kept = {k: os.path.getmtime(os.path.join(fold(k), "model.weights.h5")) for k in range(3)}
     os.remove(os.path.join(fold(3), "fold_result.json"))
     again = protocol.run(config)
     for k in range(3):
         assert os.path.getmtime(os.path.join(fold(k), "model.weights.h5")) == kept[k]
     assert os.path.exists(os.path.join(fold(3), "fold_result.json"))
-    assert again["average"]["map_at_r"]["mean"] == pytest.approx(results["average"]["map_at_r"]["mean"], abs=1e-6)
+    assert again["average"]["map_at_r"]["mean"] == pytest.approx(
+        results["average"]["map_at_r"]["mean"], abs=1e-6)
     # A different configuration in the same folder is refused.
     with pytest.raises(config_lib.ConfigError, match="different settings"):
         protocol.run(config.replace(learning_rate=0.5))

@@ -1,0 +1,78 @@
+"""Trains one fold model: the Trainer and CCP-projection call sites of the protocol.
+
+The library wiring (``ccp.training``, ``ccp.projection``) is kept in this one module so that a
+change of the trainer's constructor touches nothing else in ``experiments/``.
+"""
+import ccp
+from experiments import builders
+
+EMBEDDING_LAYER = "embedding"  # SPEC §1: the embedding head of ccp.models
+
+
+def build_projection(config, model, loss):
+    """The CCP schedule (SPEC §5) for --ccp runs, else None (call inside the strategy scope)."""
+    if not config.ccp.enabled:
+        return None
+    cfg = config.ccp
+    return ccp.projection.AlternatingProjection(
+        model.trainable_variables, proxy_owner=loss,
+        lambda_0=cfg.lambda_0, decay=cfg.decay, patience=cfg.patience,
+        min_epochs_per_instance=cfg.min_epochs_per_instance, min_delta=cfg.min_delta,
+        pool_size=cfg.pool_size, random_init=cfg.random_init, monitor_lag=cfg.monitor_lag,
+    )
+
+
+def build_optimization(config, model, loss, projection):
+    """Adam, learning-rate schedule and gradient transforms of SPEC §6 (inside the scope)."""
+    opt = config.optimizer
+    plateau = opt.lr_schedule == "plateau"
+    warmup_variables = None
+    if opt.warmup_epochs:  # the embedding head (and, added by the library, the loss's variables)
+        warmup_variables = list(model.get_layer(EMBEDDING_LAYER).trainable_variables)
+    return ccp.training.build_optimization(
+        model, loss, projection=projection,
+        learning_rate=opt.learning_rate, adam_beta_1=opt.adam_beta_1,
+        adam_beta_2=opt.adam_beta_2, lr_schedule=opt.lr_schedule,
+        lr_decay_rate=opt.lr_plateau_factor if plateau else opt.lr_decay_rate,
+        lr_decay_steps=opt.lr_decay_steps, lr_plateau_patience=opt.lr_plateau_patience,
+        proxy_lr_multiplier=opt.proxy_lr_multiplier, weight_decay=opt.weight_decay,
+        clip_norm=opt.clip_norm, clip_value=opt.clip_value,
+        warmup_epochs=opt.warmup_epochs, warmup_variables=warmup_variables,
+    )
+
+
+def build_trainer(config, model, loss, strategy, fold_dir):
+    """The fold's ccp.training.Trainer (call inside strategy.scope()).
+
+    The fold's seed lives in the data streams; the trainer itself draws no random numbers.
+    """
+    protocol = config.protocol
+    projection = build_projection(config, model, loss)
+    return ccp.training.Trainer(
+        model, loss, build_optimization(config, model, loss, projection),
+        strategy=strategy, projection=projection,
+        steps_per_epoch=protocol.steps_per_epoch, max_epochs=protocol.max_epochs,
+        patience=protocol.patience, min_delta=protocol.min_delta,
+        checkpoint_dir=f"{fold_dir}/checkpoints", log_dir=f"{fold_dir}/logs",
+        recall_at=protocol.recall_at, progress_bar=config.run.progress_bar,
+    )
+
+
+def train_fold(config, fold, fold_dir, seed, strategy):
+    """Trains one fold model (resuming from its checkpoint) and returns (model, loss, result).
+
+    ``result`` is the dict of ``Trainer.fit`` (epochs, best_metric, history, projections, ...).
+    """
+    train_records = fold.train
+    with strategy.scope():
+        model = builders.build_model(config, name=f"fold_{fold.index}")
+        loss = builders.build_loss(config, train_records.num_classes)
+        trainer = build_trainer(config, model, loss, strategy, fold_dir)
+    validation = builders.eval_dataset(config, fold.val) if fold.val is not None else None
+    pool = builders.proxy_pool_fn(config, train_records, seed) if config.ccp.enabled else None
+    result = trainer.fit(
+        builders.train_dataset_fn(config, train_records, seed),
+        validation_data=validation,
+        proxy_pool_fn=pool,
+    )
+    return model, loss, result

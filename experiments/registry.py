@@ -1,0 +1,130 @@
+"""The names an experiment can choose from, each with what it builds (no TensorFlow at import).
+
+One entry per loss, backbone, schedule, data set: the flag choices (``experiments/config.py``),
+the builders (``experiments/builders.py``) and the method titles of the results tables all read
+these dicts, so adding a loss is one :class:`LossSpec` here (plus its flags in ``LossConfig``).
+Builders import ``ccp`` when called, so importing this module stays cheap and flag validation
+runs before TensorFlow starts.
+"""
+import dataclasses
+from typing import Callable
+
+PAIR = "pair"     # batch-vs-batch loss: CCP and XBM can wrap it
+PROXY = "proxy"   # owns its proxies: trained alone
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """A base loss of the command line.
+
+    Attributes:
+      name: the ``--loss`` value.
+      title: the method's name in tables ("C2"; "-CCP" / " + XBM" are appended).
+      kind: PAIR or PROXY.
+      build: ``(loss_config, num_classes, embedding_size) -> ccp.losses layer``.
+    """
+
+    name: str
+    title: str
+    kind: str
+    build: Callable
+
+
+def _losses():
+    from ccp import losses
+
+    return losses
+
+
+def _contrastive(cfg, num_classes, embedding_size):
+    return _losses().ContrastiveLoss(pos_margin=cfg.pos_margin, neg_margin=cfg.neg_margin)
+
+
+def _cosine_contrastive(cfg, num_classes, embedding_size):
+    return _losses().CosineContrastiveLoss(margin=cfg.cosine_margin)
+
+
+def _triplet(cfg, num_classes, embedding_size):
+    return _losses().TripletLoss(margin=cfg.triplet_margin)
+
+
+def _multi_similarity(cfg, num_classes, embedding_size):
+    return _losses().MultiSimilarityLoss(
+        alpha=cfg.ms_alpha, beta=cfg.ms_beta, base=cfg.ms_base, mining=cfg.ms_mining)
+
+
+def _margin(cfg, num_classes, embedding_size):
+    return _losses().MarginLoss(margin=cfg.margin_alpha, beta_init=cfg.margin_beta)
+
+
+def _proxy_anchor(cfg, num_classes, embedding_size):
+    return _losses().ProxyAnchorLoss(
+        num_classes, embedding_size, margin=cfg.proxy_anchor_margin, alpha=cfg.proxy_anchor_alpha)
+
+
+def _proxy_nca(cfg, num_classes, embedding_size):
+    return _losses().ProxyNCALoss(
+        num_classes, embedding_size, temperature=cfg.proxy_nca_temperature)
+
+
+def _soft_triple(cfg, num_classes, embedding_size):
+    return _losses().SoftTripleLoss(
+        num_classes, embedding_size, centers_per_class=cfg.soft_triple_centers,
+        lamda=cfg.soft_triple_lambda, gamma=cfg.soft_triple_gamma, tau=cfg.soft_triple_tau,
+        margin=cfg.soft_triple_margin)
+
+
+LOSSES = {spec.name: spec for spec in (
+    LossSpec("contrastive", "C2", PAIR, _contrastive),
+    LossSpec("cosine_contrastive", "C1", PAIR, _cosine_contrastive),
+    LossSpec("triplet", "Triplet", PAIR, _triplet),
+    LossSpec("multi_similarity", "MS", PAIR, _multi_similarity),
+    LossSpec("margin", "Margin", PAIR, _margin),
+    LossSpec("proxy_anchor", "ProxyAnchor", PROXY, _proxy_anchor),
+    LossSpec("proxy_nca", "ProxyNCA++", PROXY, _proxy_nca),
+    LossSpec("soft_triple", "SoftTriple", PROXY, _soft_triple),
+)}
+PAIR_LOSSES = tuple(name for name, spec in LOSSES.items() if spec.kind == PAIR)
+PROXY_LOSSES = tuple(name for name, spec in LOSSES.items() if spec.kind == PROXY)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """A backbone of ``ccp.models.build_embedding_model``.
+
+    Attributes:
+      name: the ``--backbone`` value (also the library's backbone name).
+      image_size: the input side used when ``--image_size=0``.
+      pretrained: whether ``--weights`` may name pretrained weights ("imagenet" or a file).
+    """
+
+    name: str
+    image_size: int
+    pretrained: bool
+
+
+BACKBONES = {spec.name: spec for spec in (
+    BackboneSpec("small_cnn", 32, pretrained=False),
+    BackboneSpec("bn_inception", 227, pretrained=True),
+    BackboneSpec("resnet50", 227, pretrained=True),
+)}
+
+# Learning-rate schedules of ccp.training (a test checks this equals ccp.training.LR_SCHEDULES).
+LR_SCHEDULES = ("constant", "plateau", "exponential")
+# Data sets of data_pipelines.load (a test checks these equal data_pipelines.LOADERS/EMBEDDED).
+DATASETS = ("digits", "glyphs", "cub", "cars196", "sop", "inshop")
+EMBEDDED_DATASETS = ("digits", "glyphs")  # rendered in memory: no --data_dir
+POOLINGS = ("avg", "max", "avg+max")
+FREEZE_BATCHNORM = {"auto": None, "true": True, "false": False}
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+def method_title(loss_name, ccp=False, xbm=False):
+    """The method's name in tables: "C2", "C2-CCP", "MS + XBM", ..."""
+    title = LOSSES[loss_name].title
+    if ccp:
+        title += "-CCP"
+    if xbm:
+        title += " + XBM"
+    return title

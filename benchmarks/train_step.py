@@ -53,7 +53,8 @@ def _trainer(ccp, loss):
     model = ccp.models.build_embedding_model(
         backbone=FLAGS.backbone, embedding_size=FLAGS.embedding_size,
         image_size=FLAGS.image_size)
-    return ccp.training.Trainer(model, loss, progress_bar=False, learning_rate=1e-5)
+    optimization = ccp.training.build_optimization(model, loss, learning_rate=1e-5)
+    return ccp.training.Trainer(model, loss, optimization, progress_bar=False)
 
 
 def _time_steps(trainer, iterator, steps):
@@ -100,8 +101,7 @@ def benchmark_projection(tf, ccp):
     loss = ccp.losses.CCPLoss(ccp.losses.ContrastiveLoss(), num_classes, size,
                               proxies_per_class=per_class)
     weights = tf.Variable(tf.zeros([size, size]))
-    schedule = ccp.projection.AlternatingProjection(pool_size=pool, patience=1)
-    schedule.attach([weights], loss)
+    schedule = ccp.projection.AlternatingProjection([weights], loss, pool_size=pool, patience=1)
     embeddings = tf.random.stateless_normal([num_classes, pool, size], [1, 2])
     pool_fn = lambda index: embeddings  # noqa: E731  (forward passes excluded)
     schedule.initialize_proxies(pool_fn)

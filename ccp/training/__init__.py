@@ -1,19 +1,30 @@
-"""Training: the custom loop (:class:`Trainer`), gradient transforms, optimizer, schedules.
+"""Training: the custom loop (:class:`Trainer`) and what it is built from.
 
-Modules:
-  trainer:     ``Trainer`` (tf.function train step, epochs, validation, early stopping,
-               CCP schedule, checkpoints, logging).
-  transforms:  gradient transforms ``(grads, variables) -> grads`` and the SPEC §6 chain.
-  optimizers:  ``AdamLRM`` (Adam with per-variable learning-rate multipliers).
-  schedules:   learning-rate schedules (constant, exponential, reduce-on-plateau).
-  embedding:   ``embed_dataset`` (inference passes, distribution-aware).
-  events:      ``events.jsonl`` + TensorBoard log, progress bar.
+Modules, one job each:
+  trainer:        ``Trainer``: fit -> epochs -> evaluate -> decisions -> checkpoint -> log.
+  train_step:     ``TrainStep``: the traced step (replica gradients, all-gather, transforms,
+                  optimizer update), several steps per call.
+  optimization:   ``build_optimization`` -> ``Optimization`` (phases, transform chain, plateau).
+  transforms:     gradient transforms ``(grads, variables) -> grads`` and the SPEC §6 chain.
+  optimizers:     ``AdamLRM`` (Adam with per-variable learning-rate multipliers).
+  schedules:      learning-rate schedules (constant, exponential, reduce-on-plateau).
+  distribution:   global batches -> per-replica batches; the worker's role.
+  checkpointing:  ``Checkpointing`` (manager, chief/worker folders, restore), RNG states.
+  embedding:      ``embed_dataset`` (inference passes, distribution-aware).
+  events:         ``events.jsonl`` + TensorBoard log, progress bar.
+The "best value / patience" tracker shared with ``ccp.projection`` is
+:class:`ccp.tracking.ImprovementTracker`.
 """
+from ccp.tracking import ImprovementTracker
+from ccp.training.checkpointing import Checkpointing
+from ccp.training.distribution import distribute, single_batch
 from ccp.training.embedding import embed_dataset
 from ccp.training.events import EVENTS_FILE, EventLog
+from ccp.training.optimization import TRAIN, WARMUP, Optimization, Phase, build_optimization
 from ccp.training.optimizers import AdamLRM, build_optimizer
 from ccp.training.schedules import LR_SCHEDULES, ReduceLROnPlateau, build_learning_rate
-from ccp.training.trainer import TRAIN, WARMUP, Trainer, TrainerState
+from ccp.training.train_step import TrainStep
+from ccp.training.trainer import Trainer, TrainerState
 from ccp.training.transforms import (
     ClipByGlobalNorm,
     ClipByValue,
@@ -22,12 +33,13 @@ from ccp.training.transforms import (
     apply_transforms,
     batchnorm_variables,
     default_gradient_transforms,
-    find_layer,
 )
 
 __all__ = [
-    "AdamLRM", "ClipByGlobalNorm", "ClipByValue", "EVENTS_FILE", "EventLog", "GradientTransform",
-    "LR_SCHEDULES", "ReduceLROnPlateau", "TRAIN", "Trainer", "TrainerState", "WARMUP",
+    "AdamLRM", "Checkpointing", "ClipByGlobalNorm", "ClipByValue", "EVENTS_FILE", "EventLog",
+    "GradientTransform", "ImprovementTracker", "LR_SCHEDULES", "Optimization", "Phase",
+    "ReduceLROnPlateau", "TRAIN", "TrainStep", "Trainer", "TrainerState", "WARMUP",
     "WeightDecay", "apply_transforms", "batchnorm_variables", "build_learning_rate",
-    "build_optimizer", "default_gradient_transforms", "embed_dataset", "find_layer",
+    "build_optimization", "build_optimizer", "default_gradient_transforms", "distribute",
+    "embed_dataset", "single_batch",
 ]

@@ -90,10 +90,11 @@ class ProgressBar:
             self._bar = tqdm(total=total, desc=description, unit="step", leave=False,
                              dynamic_ncols=True, file=sys.stderr)
 
-    def update(self, terms):
+    def update(self, terms, steps=1):
+        """Advances by ``steps`` steps showing ``terms`` (dict of floats) as the postfix."""
         if self._bar is not None:
             self._bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=False)
-            self._bar.update(1)
+            self._bar.update(steps)
 
     def close(self):
         if self._bar is not None:

@@ -13,6 +13,7 @@ multipliers inside the optimizer, :class:`ccp.training.optimizers.AdamLRM`).
 """
 import tensorflow as tf
 
+from ccp import defaults
 from ccp import layers as layers_lib
 
 
@@ -89,16 +90,8 @@ def batchnorm_variables(model):
     return found
 
 
-def find_layer(model, name):
-    """The first layer named ``name`` inside ``model`` (nested models searched), or None."""
-    for layer in layers_lib.sublayers(model):
-        if layer.name == name:
-            return layer
-    return None
-
-
-def default_gradient_transforms(model, loss=None, weight_decay=1e-4, clip_norm=10.0,
-                                clip_value=10.0):
+def default_gradient_transforms(model, loss=None, weight_decay=defaults.WEIGHT_DECAY,
+                                clip_norm=defaults.CLIP_NORM, clip_value=defaults.CLIP_VALUE):
     """The SPEC §6 chain: weight decay, clip by global norm, clip by value (0/None disables).
 
     Weight decay covers every trainable variable of ``model`` except BatchNorm ones, and the

@@ -1,6 +1,7 @@
 """One worker of the MultiWorkerMirroredStrategy test (run as a subprocess, not collected).
 
-usage: python multi_worker_job.py OUT.npz [RUN_DIR]   (TF_CONFIG set by the caller, or unset = 1 process)
+usage: python multi_worker_job.py OUT.npz [RUN_DIR]
+(TF_CONFIG set by the caller, or unset = 1 process)
 """
 import os
 import sys
@@ -37,14 +38,17 @@ def train_dataset_fn(start_step):
 
 def main(out_path, run_dir=None):
     multi = "TF_CONFIG" in os.environ
-    strategy = tf.distribute.MultiWorkerMirroredStrategy() if multi else tf.distribute.get_strategy()
+    strategy = (tf.distribute.MultiWorkerMirroredStrategy() if multi
+                else tf.distribute.get_strategy())
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(12, activation="relu"),
+        model = keras.Sequential([keras.Input((FEATURES,)),
+                                  keras.layers.Dense(12, activation="relu"),
                                   keras.layers.Dense(DIM, name="embedding")])
         loss = ccp.losses.CCPLoss(ccp.losses.ContrastiveLoss(0.0, 0.5), CLASSES, DIM,
                                   proxies_per_class=2, seed=1)
-        trainer = ccp.training.Trainer(model, loss, strategy=strategy, learning_rate=1e-2,
+        optimization = ccp.training.build_optimization(model, loss, learning_rate=1e-2)
+        trainer = ccp.training.Trainer(model, loss, optimization, strategy=strategy,
                                        steps_per_epoch=3, max_epochs=2, progress_bar=False,
                                        checkpoint_dir=run_dir and os.path.join(run_dir, "ckpt"),
                                        log_dir=run_dir and os.path.join(run_dir, "logs"))

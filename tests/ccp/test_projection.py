@@ -1,4 +1,5 @@
-"""ccp.projection: greedy k-center (vs a naive numpy loop), figures, proximal term, schedule."""
+"""ccp.projection: greedy k-center (vs a naive numpy loop), figures, proximal anchor, the
+variable-free schedule on scripted traces, and the projection that acts on it."""
 import math
 
 import numpy as np
@@ -75,6 +76,17 @@ def test_greedy_k_center_xla_and_tf_function():
     np.testing.assert_allclose(compiled(candidates, centers).numpy(), eager.numpy())
 
 
+def test_greedy_k_center_rejects_non_finite_pool_naming_the_classes():
+    candidates = np.random.default_rng(0).normal(size=(4, 6, 3)).astype(np.float32)
+    candidates[1, 2, 0] = np.nan
+    candidates[3, 0, 1] = np.inf
+    with pytest.raises(ValueError, match=r"2 of 4 classes \(class indices 1, 3\).*learning rate"):
+        projection.greedy_k_center(candidates, np.zeros((4, 1, 3), np.float32), 2)
+    owner = FakeProxyOwner(4, 2, 3)
+    with pytest.raises(ValueError, match="non-finite"):
+        projection.rebuild_proxy_bank(owner, candidates, np.zeros((4, 1, 3), np.float32))
+
+
 def test_greedy_k_center_rejects_small_pool():
     with pytest.raises(ValueError, match="b\\*K"):
         projection.greedy_k_center(np.zeros((2, 3, 4), np.float32),
@@ -123,11 +135,11 @@ def test_proximal_term_matches_hand_computation():
     w1 = tf.Variable([1.0, -2.0, 3.0])
     w2 = tf.Variable([[0.5, 0.5]])
     proxy = tf.Variable([[9.0, 9.0]])
-    proj = projection.AlternatingProjection(lambda_0=0.3).attach([w1, w2])
-    proj.w_prev[0].assign([0.0, 0.0, 1.0])
-    proj.w_prev[1].assign([[1.5, -0.5]])
-    proj.lambda_t.assign(0.3)
-    transform = proj.gradient_transform()
+    anchor = projection.ProximalAnchor([w1, w2], lambda_0=0.3)
+    anchor.w_prev[0].assign([0.0, 0.0, 1.0])
+    anchor.w_prev[1].assign([[1.5, -0.5]])
+    anchor.lambda_t.assign(0.3)
+    transform = anchor.gradient_transform()
     grads = [tf.constant([0.1, 0.2, 0.3]), None, tf.constant([[1.0, 1.0]])]
     out = transform(grads, [w1, w2, proxy])
     np.testing.assert_allclose(out[0].numpy(), [0.1 + 0.3 * 1.0, 0.2 + 0.3 * -2.0, 0.3 + 0.3 * 2])
@@ -135,15 +147,80 @@ def test_proximal_term_matches_hand_computation():
     np.testing.assert_array_equal(out[2].numpy(), [[1.0, 1.0]])  # proxies: no proximal term
     out2 = transform([tf.zeros([3]), tf.zeros([1, 2]), None], [w1, w2, proxy])
     np.testing.assert_allclose(out2[1].numpy(), [[0.3 * -1.0, 0.3 * 1.0]])
-    proj.lambda_t.assign(0.0)  # first instance: no term
+    anchor.lambda_t.assign(0.0)  # first instance: no term
     np.testing.assert_array_equal(transform([tf.zeros([3])], [w1])[0].numpy(), np.zeros(3))
 
 
+def test_proximal_coefficient_and_anchor_move():
+    assert projection.proximal_coefficient(2e-4, 0.5, 0) == 0.0
+    assert projection.proximal_coefficient(2e-4, 0.5, 2) == pytest.approx(5e-5)
+    w = tf.Variable([1.0, 2.0])
+    anchor = projection.ProximalAnchor([w], lambda_0=2e-4, decay=0.5)
+    anchor.remember_best()
+    w.assign([5.0, 6.0])
+    anchor.move_to_best(2)
+    np.testing.assert_array_equal(anchor.w_prev[0].numpy(), [1.0, 2.0])
+    assert float(anchor.lambda_t.numpy()) == pytest.approx(5e-5)
+    assert anchor.anchor_for(tf.Variable([0.0])) is None
+
+
 # ----------------------------------------------------------------------------------------------
-# The schedule on scripted MAP@R traces.
+# The schedule on scripted MAP@R traces: pure Python, no TensorFlow variables.
 # ----------------------------------------------------------------------------------------------
 
 C, K, D = 3, 2, 4
+TRACE = [0.10, 0.20, 0.20, 0.15, 0.2000005, 0.05, 0.04, 0.06, 0.01, 0.01, 0.01, 0.5]
+
+
+def schedule_trace(values, **kwargs):
+    """Feeds ``values`` to a bare ProjectionSchedule; returns it, the actions, the summaries."""
+    schedule = projection.ProjectionSchedule(**kwargs)
+    actions, summaries = [], []
+    for value in values:
+        actions.append(schedule.update(value))
+        if actions[-1] == projection.PROJECT:
+            summaries.append(schedule.end_instance())
+    assert not any(isinstance(v, tf.Variable) for v in vars(schedule).values())
+    return schedule, actions, summaries
+
+
+def test_schedule_decisions_on_a_metric_trace():
+    schedule, actions, summaries = schedule_trace(TRACE, patience=3)
+    assert actions == ["new_best", "new_best", "continue", "continue", "project",
+                       "new_best", "continue", "new_best", "continue", "continue", "project",
+                       "new_best"]
+    assert [i + 1 for i, a in enumerate(actions) if a == projection.PROJECT] == [5, 11]
+    assert schedule.instance == 2
+    assert [s.next_instance for s in summaries] == [1, 2]
+    assert summaries[0].best_value == pytest.approx(0.2) and summaries[0].epochs == 5
+    assert summaries[1].best_value == pytest.approx(0.06) and summaries[1].had_best
+
+
+def test_schedule_monitor_lag_min_epochs_and_nan_without_variables():
+    _, lagged, _ = schedule_trace(TRACE, patience=3, monitor_lag=1)
+    assert lagged[:6] == ["continue", "new_best", "new_best", "continue", "continue", "project"]
+    values = [0.5, 0.1, 0.1, 0.1, 0.1]
+    _, actions1, _ = schedule_trace(values, patience=3, min_epochs_per_instance=1)
+    _, actions2, _ = schedule_trace(values, patience=3, min_epochs_per_instance=2)
+    assert [i + 1 for i, a in enumerate(actions1) if a == "project"] == [4]
+    assert [i + 1 for i, a in enumerate(actions2) if a == "project"] == [5]
+    _, with_nan, _ = schedule_trace([0.3, float("nan"), 0.2, 0.2, 0.2], patience=3)
+    assert with_nan == ["new_best", "continue", "continue", "continue", "project"]
+
+
+def test_schedule_state_round_trip():
+    schedule, _, _ = schedule_trace(TRACE[:7], patience=3, monitor_lag=1)
+    state = schedule.get_state()
+    copy = projection.ProjectionSchedule(patience=3, monitor_lag=1)
+    copy.set_state(state)
+    for value in TRACE[7:]:
+        assert copy.update(value) == schedule.update(value)
+    assert copy.get_state() == schedule.get_state()
+
+
+# ----------------------------------------------------------------------------------------------
+# The projection acting on the schedule: anchor, proxies, pools.
+# ----------------------------------------------------------------------------------------------
 
 
 def _pool(index):
@@ -155,7 +232,7 @@ def run_trace(values, **kwargs):
     """Feeds ``values``; before epoch e the 'model' weights and proxies are set to e."""
     w = tf.Variable(np.zeros((2, 2), np.float32))
     owner = FakeProxyOwner(C, K, D)
-    proj = projection.AlternatingProjection(pool_size=5, **kwargs).attach([w], owner)
+    proj = projection.AlternatingProjection([w], owner, pool_size=5, **kwargs)
     pool_calls, log = [], []
 
     def pool_fn(index):
@@ -175,9 +252,6 @@ def run_trace(values, **kwargs):
     return proj, log, pool_calls
 
 
-TRACE = [0.10, 0.20, 0.20, 0.15, 0.2000005, 0.05, 0.04, 0.06, 0.01, 0.01, 0.01, 0.5]
-
-
 def test_schedule_instances_lambda_and_anchor():
     proj, log, pool_calls = run_trace(TRACE, lambda_0=2e-4, decay=0.5, patience=3)
     actions = [entry["action"] for entry in log]
@@ -194,7 +268,7 @@ def test_schedule_instances_lambda_and_anchor():
     # w_prev = the best snapshot of the instance: epoch 2, then epoch 8.
     assert log[4]["w_prev"] == 2.0 and log[10]["w_prev"] == 8.0
     assert log[3]["w_prev"] == 0.0  # untouched before the first projection
-    assert int(proj.instance.numpy()) == 2
+    assert proj.schedule.instance == 2
     assert log[4]["event"]["instance"] == 1 and log[10]["event"]["instance"] == 2
     assert log[4]["event"]["best_value"] == pytest.approx(0.2)
 
@@ -226,8 +300,8 @@ def test_monitor_lag_reacts_one_epoch_late():
 
 def test_min_iterations_skips_first_epochs_of_an_instance():
     values = [0.5, 0.1, 0.1, 0.1, 0.1]
-    _, log1, _ = run_trace(values, patience=3, min_iterations=1)
-    _, log2, _ = run_trace(values, patience=3, min_iterations=2)
+    _, log1, _ = run_trace(values, patience=3, min_epochs_per_instance=1)
+    _, log2, _ = run_trace(values, patience=3, min_epochs_per_instance=2)
     assert [e["epoch"] for e in log1 if e["action"] == "project"] == [4]
     assert [e["epoch"] for e in log2 if e["action"] == "project"] == [5]
     assert log2[4]["w_prev"] == 2.0
@@ -241,8 +315,8 @@ def test_nan_values_are_ignored():
 
 def test_initial_proxies_from_zero_cover_and_random_init():
     owner = FakeProxyOwner(C, K, D)
-    proj = projection.AlternatingProjection(pool_size=5).attach(
-        [tf.Variable(np.zeros(2, np.float32))], owner)
+    proj = projection.AlternatingProjection([tf.Variable(np.zeros(2, np.float32))], owner,
+                                            pool_size=5)
     calls = []
     event = proj.initialize_proxies(lambda i: calls.append(i) or _pool(7))
     assert calls == [0] and event["event"] == "proxy_init"
@@ -254,8 +328,8 @@ def test_initial_proxies_from_zero_cover_and_random_init():
 
     owner2 = FakeProxyOwner(C, K, D, seed=5)
     before = owner2.proxies.numpy().copy()
-    proj2 = projection.AlternatingProjection(random_init=True).attach(
-        [tf.Variable(np.zeros(2, np.float32))], owner2)
+    proj2 = projection.AlternatingProjection([tf.Variable(np.zeros(2, np.float32))], owner2,
+                                             random_init=True)
     event2 = proj2.initialize_proxies(lambda i: pytest.fail("pool must not be drawn"))
     assert event2["random_init"] is True
     np.testing.assert_array_equal(owner2.proxies.numpy(), before)
@@ -263,8 +337,8 @@ def test_initial_proxies_from_zero_cover_and_random_init():
 
 def test_pool_shape_is_checked():
     owner = FakeProxyOwner(C, 4, D)
-    proj = projection.AlternatingProjection(pool_size=3).attach(
-        [tf.Variable(np.zeros(2, np.float32))], owner)
+    proj = projection.AlternatingProjection([tf.Variable(np.zeros(2, np.float32))], owner,
+                                            pool_size=3)
     with pytest.raises(ValueError, match="12"):  # b=3 < K=4: the pool needs b*K = 12 rows
         proj.initialize_proxies(lambda i: np.zeros((C, 3, D), np.float32))
     proj.initialize_proxies(lambda i: np.random.default_rng(0).normal(size=(C, 12, D)))
@@ -276,7 +350,7 @@ def test_schedule_state_survives_a_checkpoint(tmp_path):
     path = checkpoint.save(str(tmp_path / "ckpt"))
     state = proj.state_dict()
     w_prev = proj.w_prev[0].numpy().copy()
-    proj.instance.assign(9)
+    proj.schedule.instance = 9
     proj.w_prev[0].assign(np.full((2, 2), -1.0, np.float32))
     proj.lambda_t.assign(5.0)
     checkpoint.restore(path).assert_consumed()

@@ -73,11 +73,40 @@ def pool_fn(model, index):
     return np.asarray(emb).reshape(NUM_CLASSES, 3, EMBEDDING)
 
 
-def make_trainer(model=None, loss=None, **kwargs):
+OPTIMIZATION_ARGS = {"learning_rate", "lr_schedule", "lr_decay_rate", "lr_decay_steps",
+                     "lr_plateau_patience", "lr_plateau_cooldown", "lr_plateau_min_delta",
+                     "min_learning_rate", "weight_decay", "clip_norm", "clip_value",
+                     "warmup_epochs", "proxy_lr_multiplier"}
+
+
+def make_trainer(model=None, loss=None, projection_args=None, strategy=None, **kwargs):
+    """A Trainer built as a caller builds one: projection, optimization, then the loop.
+
+    ``projection_args``: None (no CCP) or the AlternatingProjection keyword arguments (the loss
+    is the declared proxy owner). Optimizer keywords go to ``build_optimization``; a warm-up
+    trains the layer "embedding" (declared here, by the test).
+    """
     model = model or make_model()
     loss = loss or make_loss()
+    optimization_args = {k: kwargs.pop(k) for k in list(kwargs) if k in OPTIMIZATION_ARGS}
+    if optimization_args.get("warmup_epochs"):
+        optimization_args["warmup_variables"] = model.get_layer("embedding").trainable_variables
     kwargs.setdefault("progress_bar", False)
-    return training.Trainer(model, loss, **kwargs)
+    with (strategy or tf.distribute.get_strategy()).scope():
+        proj = None
+        if projection_args is not None:
+            proj = projection.AlternatingProjection(model.trainable_variables, loss,
+                                                    **projection_args)
+        optimization = training.build_optimization(model, loss, projection=proj,
+                                                   **optimization_args)
+        return training.Trainer(model, loss, optimization, strategy=strategy, projection=proj,
+                                **kwargs)
+
+
+def gradients(trainer, images, labels):
+    """Loss terms and transformed gradients of one global batch through the train step."""
+    batch = training.single_batch(trainer.strategy, images, labels)
+    return trainer.steps["train"].gradients(*batch)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,8 +154,7 @@ def test_clip_order_norm_then_value():
 
 
 def test_trainer_chain_order_and_none_gradients():
-    proj = projection.AlternatingProjection()
-    trainer = make_trainer(projection=proj)
+    trainer = make_trainer(projection_args={})
     kinds = [type(t).__name__ for t in trainer.gradient_transforms]
     assert kinds == ["ProximalTerm", "WeightDecay", "ClipByGlobalNorm", "ClipByValue"]
     out = training.apply_transforms(trainer.gradient_transforms, [None, tf.ones([2])],
@@ -156,16 +184,16 @@ def test_proximal_term_in_trainer_gradients():
     images, labels = batch_at(0)
     base = make_trainer(model=make_model(batchnorm=False), weight_decay=0, clip_norm=0,
                         clip_value=0)
-    proj = projection.AlternatingProjection()
     model = make_model(batchnorm=False)
-    trainer = make_trainer(model=model, projection=proj, weight_decay=0, clip_norm=0,
+    trainer = make_trainer(model=model, projection_args={}, weight_decay=0, clip_norm=0,
                            clip_value=0)
+    proj = trainer.projection
     rng = np.random.default_rng(0)
     for anchor in proj.w_prev:
         anchor.assign(rng.normal(size=anchor.shape).astype(np.float32))
     proj.lambda_t.assign(0.25)
-    terms0, grads0 = base.compute_gradients(images, labels)
-    terms1, grads1 = trainer.compute_gradients(images, labels)
+    terms0, grads0 = gradients(base, images, labels)
+    terms1, grads1 = gradients(trainer, images, labels)
     assert terms0["loss"] == pytest.approx(terms1["loss"], rel=1e-6)
     num_model = len(trainer.model_variables)
     for i, (g0, g1) in enumerate(zip(grads0, grads1)):
@@ -276,9 +304,9 @@ def test_warmup_trains_only_the_embedding_layer_and_loss_variables():
 def _ccp_run(tmp_path, name, max_epochs, seed=0, callbacks=()):
     model = make_model(dropout=True, seed=seed)
     loss = make_loss()
-    proj = projection.AlternatingProjection(lambda_0=0.05, patience=1, min_delta=1.0,
-                                            pool_size=3)
-    trainer = make_trainer(model=model, loss=loss, projection=proj, learning_rate=0.02,
+    trainer = make_trainer(model=model, loss=loss, projection_args=dict(
+                               lambda_0=0.05, patience=1, min_delta=1.0, pool_size=3),
+                           learning_rate=0.02,
                            steps_per_epoch=4, max_epochs=max_epochs, warmup_epochs=1,
                            lr_schedule="plateau", lr_plateau_patience=1, lr_plateau_cooldown=0,
                            lr_plateau_min_delta=10.0, min_learning_rate=1e-4,
@@ -354,8 +382,8 @@ def test_two_replicas_match_one_replica_on_the_concatenated_batch():
         mirrored = make_trainer(model=model, strategy=strategy, clip_norm=1.0,
                                 learning_rate=0.01)
     assert mirrored.strategy.num_replicas_in_sync == 2
-    terms1, grads1 = single.compute_gradients(images, labels)
-    terms2, grads2 = mirrored.compute_gradients(images, labels)
+    terms1, grads1 = gradients(single, images, labels)
+    terms2, grads2 = gradients(mirrored, images, labels)
     for key in terms1:
         assert terms2[key] == pytest.approx(terms1[key], rel=1e-5)
     for g1, g2 in zip(grads1, grads2):
@@ -419,8 +447,9 @@ def test_embed_dataset_element_forms():
 def test_ccp_inside_cross_batch_memory(tmp_path):
     inner = make_loss()
     loss = ccp.losses.CrossBatchMemory(inner, EMBEDDING, memory_size=24, start_at=2)
-    proj = projection.AlternatingProjection(patience=1, min_delta=1.0, pool_size=3)
-    trainer = make_trainer(loss=loss, projection=proj, learning_rate=0.01, steps_per_epoch=3,
+    trainer = make_trainer(loss=loss, projection_args=dict(patience=1, min_delta=1.0,
+                                                           pool_size=3),
+                           learning_rate=0.01, steps_per_epoch=3,
                            max_epochs=3, checkpoint_dir=str(tmp_path / "ckpt"))
     assert trainer.proxy_variables == [inner.proxies]
     before = inner.proxies.numpy().copy()

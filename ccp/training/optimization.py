@@ -1,0 +1,145 @@
+"""What the optimizer step of a run is made of, built by the caller and handed to the Trainer.
+
+:class:`Optimization` bundles the training phase (its variables and optimizer), an optional
+warm-up phase, the gradient-transform chain and the plateau schedule. :func:`build_optimization`
+builds the common case of SPEC §6 (Adam with a proxy learning-rate multiplier, the proximal term
+of CCP, weight decay, clipping); callers with other needs construct :class:`Optimization`
+themselves.
+"""
+import dataclasses
+
+from absl import logging
+
+from ccp import defaults
+from ccp.training import optimizers as optimizers_lib
+from ccp.training import schedules as schedules_lib
+from ccp.training import transforms as transforms_lib
+
+TRAIN = "train"
+WARMUP = "warmup"
+
+
+@dataclasses.dataclass
+class Phase:
+    """The variables one phase trains and the optimizer that updates them.
+
+    Fields:
+      variables: list of variables (the gradient is taken with respect to these, in order).
+      optimizer: a built ``keras.optimizers.Optimizer`` (possibly a ``LossScaleOptimizer``).
+      model_training: whether the model runs in training mode (False for a warm-up that keeps
+        the backbone's BatchNorm statistics frozen).
+    """
+
+    variables: list
+    optimizer: object
+    model_training: bool = True
+
+
+@dataclasses.dataclass
+class Optimization:
+    """The optimizer side of a Trainer.
+
+    Fields:
+      train: the main :class:`Phase`.
+      gradient_transforms: list of ``(grads, variables) -> grads`` applied in order to the
+        global-batch gradient (the CCP proximal term first, see ``ccp.projection``).
+      plateau: a :class:`ccp.training.ReduceLROnPlateau` driven by the validation MAP@R, or None.
+      warmup: the warm-up :class:`Phase` of the first ``warmup_epochs`` epochs, or None.
+      warmup_epochs: epochs of the warm-up phase.
+    """
+
+    train: Phase
+    gradient_transforms: list = dataclasses.field(default_factory=list)
+    plateau: object = None
+    warmup: Phase = None
+    warmup_epochs: int = 0
+
+    def __post_init__(self):
+        if int(self.warmup_epochs) < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.warmup_epochs and self.warmup is None:
+            raise ValueError("warmup_epochs > 0 needs a warm-up Phase (variables, optimizer)")
+
+    @property
+    def phases(self):
+        """``{"train": Phase[, "warmup": Phase]}``."""
+        return {TRAIN: self.train, **({WARMUP: self.warmup} if self.warmup_epochs else {})}
+
+    def phase_of_epoch(self, epoch):
+        """The phase name of a 1-based epoch."""
+        return WARMUP if epoch <= self.warmup_epochs else TRAIN
+
+
+def build_optimization(model, loss, *, projection=None, learning_rate=defaults.LEARNING_RATE,
+                       adam_beta_1=defaults.ADAM_BETA_1, adam_beta_2=defaults.ADAM_BETA_2,
+                       adam_epsilon=defaults.ADAM_EPSILON, lr_schedule=defaults.LR_SCHEDULE,
+                       lr_decay_rate=None, lr_decay_steps=defaults.LR_DECAY_STEPS,
+                       lr_staircase=defaults.LR_STAIRCASE,
+                       lr_plateau_patience=defaults.LR_PLATEAU_PATIENCE,
+                       lr_plateau_min_delta=defaults.LR_PLATEAU_MIN_DELTA,
+                       lr_plateau_cooldown=defaults.LR_PLATEAU_COOLDOWN,
+                       min_learning_rate=defaults.MIN_LEARNING_RATE,
+                       proxy_lr_multiplier=defaults.PROXY_LR_MULTIPLIER,
+                       weight_decay=defaults.WEIGHT_DECAY, clip_norm=defaults.CLIP_NORM,
+                       clip_value=defaults.CLIP_VALUE, warmup_epochs=defaults.WARMUP_EPOCHS,
+                       warmup_variables=None):
+    """The SPEC §6 optimization of ``model`` and ``loss``; call inside the strategy scope.
+
+    Args:
+      model, loss: the embedding model and the loss layer (variables created).
+      projection: a :class:`ccp.projection.AlternatingProjection`; its proximal term goes first
+        in the chain.
+      learning_rate, adam_beta_1, adam_beta_2, adam_epsilon: Adam.
+      lr_schedule: "constant", "exponential" (per step) or "plateau" (on validation MAP@R).
+      lr_decay_rate: exponential rate or plateau factor (None: the default of the schedule).
+      lr_decay_steps, lr_staircase: exponential schedule.
+      lr_plateau_patience, lr_plateau_min_delta, lr_plateau_cooldown, min_learning_rate:
+        plateau schedule.
+      proxy_lr_multiplier: step-size multiplier of ``loss.proxy_variables`` (AdamLRM).
+      weight_decay, clip_norm, clip_value: the transform chain (0 disables one).
+      warmup_epochs: first epochs training only ``warmup_variables`` and the loss's trainable
+        variables (the model in inference mode), with their own Adam at ``learning_rate``.
+      warmup_variables: explicit list of model variables the warm-up trains (e.g. the
+        embedding head's ``trainable_variables``); required when ``warmup_epochs > 0``.
+    Returns:
+      :class:`Optimization`.
+    """
+    if learning_rate <= 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if lr_schedule not in schedules_lib.LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; valid: "
+                         f"{', '.join(schedules_lib.LR_SCHEDULES)}")
+    if int(warmup_epochs) > 0 and not warmup_variables:
+        raise ValueError("warmup_epochs > 0 needs warmup_variables: the model variables the "
+                         "warm-up trains (e.g. the embedding head's trainable_variables)")
+    if lr_decay_rate is None:
+        lr_decay_rate = (defaults.LR_EXPONENTIAL_RATE if lr_schedule == "exponential"
+                         else defaults.LR_PLATEAU_FACTOR)
+    loss_variables = list(loss.trainable_variables)
+    proxy_variables = list(loss.proxy_variables)
+    if proxy_lr_multiplier != 1.0 and not proxy_variables:
+        logging.warning("proxy_lr_multiplier=%s ignored: the loss has no proxy_variables",
+                        proxy_lr_multiplier)
+    adam = dict(beta_1=adam_beta_1, beta_2=adam_beta_2, epsilon=adam_epsilon,
+                lr_multipliers=[(proxy_variables, proxy_lr_multiplier)] if proxy_variables else [])
+    schedule = schedules_lib.build_learning_rate(
+        lr_schedule, learning_rate, decay_rate=lr_decay_rate, decay_steps=lr_decay_steps,
+        staircase=lr_staircase)
+    train_variables = list(model.trainable_variables) + loss_variables
+    train = Phase(train_variables, optimizers_lib.build_optimizer(
+        train_variables, schedule, name="adam", **adam))
+    warmup = None
+    if int(warmup_epochs) > 0:
+        variables = list(warmup_variables) + loss_variables
+        warmup = Phase(variables, optimizers_lib.build_optimizer(
+            variables, float(learning_rate), name="warmup_adam", **adam), model_training=False)
+    plateau = None
+    if lr_schedule == "plateau":
+        plateau = schedules_lib.ReduceLROnPlateau(
+            factor=lr_decay_rate, patience=lr_plateau_patience, min_delta=lr_plateau_min_delta,
+            cooldown=lr_plateau_cooldown, min_lr=min_learning_rate)
+    chain = [] if projection is None else [projection.gradient_transform()]
+    chain += transforms_lib.default_gradient_transforms(
+        model, loss, weight_decay=weight_decay, clip_norm=clip_norm, clip_value=clip_value)
+    return Optimization(train=train, gradient_transforms=chain, plateau=plateau, warmup=warmup,
+                        warmup_epochs=int(warmup_epochs))

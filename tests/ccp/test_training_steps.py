@@ -1,0 +1,35 @@
+"""Many steps per device call (issue 13): the same weights as one step per call, and the NaN
+guard still names the epoch and the step and keeps the last good checkpoint."""
+import numpy as np
+import pytest
+
+from test_training import make_model, make_trainer, train_dataset_fn, validation_data
+
+
+def _run(steps_per_execution, tmp_path):
+    trainer = make_trainer(model=make_model(dropout=True, seed=4), learning_rate=0.02,
+                           steps_per_epoch=5, max_epochs=2,
+                           steps_per_execution=steps_per_execution,
+                           checkpoint_dir=str(tmp_path / f"spe{steps_per_execution}"))
+    return trainer, trainer.fit(train_dataset_fn())
+
+
+def test_steps_per_execution_gives_the_same_weights(tmp_path):
+    one, result_one = _run(1, tmp_path)
+    three, result_three = _run(3, tmp_path)  # 5 steps an epoch: calls of 3 and 2 steps
+    assert result_one["steps"] == result_three["steps"] == 10
+    for a, b in zip(one.model.weights + one.loss.weights, three.model.weights + three.loss.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for r1, r3 in zip(result_one["history"], result_three["history"]):
+        assert r3["loss"] == pytest.approx(r1["loss"], rel=1e-12)
+        assert r3["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-12)
+
+
+def test_non_finite_step_inside_a_call_names_epoch_and_step(tmp_path):
+    trainer = make_trainer(learning_rate=0.01, steps_per_epoch=3, max_epochs=5,
+                           steps_per_execution=3, checkpoint_dir=str(tmp_path / "ckpt"))
+    with pytest.raises(FloatingPointError, match="epoch 2, step 5"):
+        trainer.fit(train_dataset_fn(nan_from=4), validation_data())
+    # The call stopped at the first non-finite step (step 5 of 6) and saved nothing after epoch 1.
+    assert int(trainer.state.step.numpy()) == 5
+    assert trainer.manager.latest_checkpoint.endswith("ckpt-1")

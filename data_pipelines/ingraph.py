@@ -6,15 +6,15 @@ the same guarantees, and any step is computed directly from (seed, step), with n
 * Classes. The class slots of the run, P per batch, are cut into *class epochs* of C slots,
   each a random order of all C classes, so every class is visited once before any repeats.
   P consecutive class epochs form a *round* of exactly C batches; round k's P orders are drawn
-  from (seed, k) alone. Inside a round, a batch that straddles two class epochs never holds a
-  class twice: the classes of epoch j-1 in that batch go to the end of epoch j's order (C >= P
-  makes that always possible). Rounds start on a batch boundary, so batch s needs only round
-  s // C.
+  from (seed, k) alone (one [P, C] draw of sort keys). Inside a round, a batch that straddles
+  two class epochs never holds a class twice: the classes of epoch j-1 in that batch go to the
+  end of epoch j's order (C >= P makes that always possible). Rounds start on a batch
+  boundary, so batch s needs only round s // C.
 * Members. Class c's e-th visit (the one in class epoch e) takes m members. Its member stream
   is cut the same way: *member epochs* of n_c slots, each a random order of the class's n_c
   members (without replacement until exhausted), m member epochs forming a round of n_c visits
   drawn from (seed, c, round); a visit that straddles two member epochs never repeats a member
-  when n_c >= m. Classes smaller than m repeat members, each visit holding whole member epochs.
+  when n_c >= m (classes smaller than m repeat members: a visit spans several member epochs).
 * Randomness: stateless (Philox) keys folded from [seed, -1] (classes) and [seed, -2] (members);
   the augmentation uses [seed, step * B + position] (pipelines.py), as the numpy sampler does.
 """
@@ -29,9 +29,14 @@ _MOVED = 2.0  # sort-key offset: classes/members pushed to the end of an order
 _PADDING = 4.0  # sort-key offset of the padding slots of small classes (never reached)
 
 
-def _keys(seed, size):
-    """float64 [size] uniform sort keys of a stateless seed int64 [2]."""
-    return tf.random.stateless_uniform([size], seed=seed, dtype=tf.float64)
+def _keys(seed, shape):
+    """float64 `shape` uniform sort keys of a stateless seed int64 [2]."""
+    return tf.random.stateless_uniform(shape, seed=seed, dtype=tf.float64)
+
+
+def _plain(fn):
+    """`fn` traced as written (its loops are over Python ints): no AutoGraph conversion."""
+    return tf.autograph.experimental.do_not_convert(fn)
 
 
 def _order(keys):
@@ -52,14 +57,16 @@ def class_round(seed, round_index, num_classes, classes_per_batch):
       seed: int64 scalar; round_index: int64 scalar; num_classes C >= classes_per_batch P.
     """
     base = tf.stack([tf.cast(seed, tf.int64), tf.constant(CLASS_STREAM, tf.int64)])
+    round_seed = tf.random.experimental.stateless_fold_in(base, tf.cast(round_index, tf.int64))
+    keys = _keys(round_seed, [classes_per_batch, num_classes])  # [P, C]: one row per epoch
     orders, previous = [], None
     for j in range(classes_per_batch):
-        epoch = tf.cast(round_index, tf.int64) * classes_per_batch + j
-        keys = _keys(tf.random.experimental.stateless_fold_in(base, epoch), num_classes)
+        epoch_keys = keys[j]
         shared = (j * num_classes) % classes_per_batch  # epoch j-1 slots in epoch j's 1st batch
         if shared:
-            keys += _MOVED * tf.cast(_moved_mask(previous, shared, num_classes), tf.float64)
-        previous = _order(keys)
+            epoch_keys += _MOVED * tf.cast(_moved_mask(previous, shared, num_classes),
+                                           tf.float64)
+        previous = _order(epoch_keys)
         orders.append(previous)
     return tf.reshape(tf.concat(orders, axis=0), [num_classes, classes_per_batch])
 
@@ -78,14 +85,15 @@ def member_visit(seed, class_id, visit, members, offsets, counts, samples_per_cl
         tf.stack([tf.cast(seed, tf.int64), tf.constant(MEMBER_STREAM, tf.int64)]),
         tf.cast(class_id, tf.int64))
     padding = tf.range(width, dtype=tf.int64) >= count
+    keys = _keys(tf.random.experimental.stateless_fold_in(base, round_index), [m, width])
+    keys += _PADDING * tf.cast(padding, tf.float64)  # [m, W]: one row per member epoch
     orders, previous = [], None
     for j in range(m):
-        keys = _keys(tf.random.experimental.stateless_fold_in(base, round_index * m + j), width)
-        keys += _PADDING * tf.cast(padding, tf.float64)
+        epoch_keys = keys[j]
         if j:
             shared = (j * count) % m  # member epoch j-1 slots in the visit that straddles
-            keys += _MOVED * tf.cast(_moved_mask(previous, shared, count), tf.float64)
-        previous = _order(keys)
+            epoch_keys += _MOVED * tf.cast(_moved_mask(previous, shared, count), tf.float64)
+        previous = _order(epoch_keys)
         orders.append(previous)
     slots = in_round * m + tf.range(m, dtype=tf.int64)  # positions in the round's m epochs
     slot = tf.gather_nd(tf.stack(orders), tf.stack([slots // count, slots % count], axis=1))
@@ -119,13 +127,15 @@ def image_indices(labels, classes_per_batch=8, samples_per_class=4, seed=0, star
 
     first_round, skip = divmod(start_step, num_classes)
     rounds = tf.data.Dataset.range(first_round, forever)
-    classes = rounds.map(lambda k: class_round(seed, k, num_classes, per_batch)).unbatch()
+    classes = rounds.map(_plain(lambda k: class_round(seed, k, num_classes, per_batch)))
+    classes = classes.unbatch()
     steps = tf.data.Dataset.range(first_round * num_classes, forever)
     batches = tf.data.Dataset.zip(steps, classes).skip(skip)
-    slots = batches.flat_map(lambda step, class_ids: tf.data.Dataset.from_tensor_slices((
+    slots = batches.flat_map(_plain(lambda step, class_ids: tf.data.Dataset.from_tensor_slices((
         tf.fill([per_batch], step), tf.range(per_batch, dtype=tf.int64),
-        tf.cast(class_ids, tf.int64))))
+        tf.cast(class_ids, tf.int64)))))
 
+    @_plain
     def visit(step, slot, class_id):
         epoch = (step * per_batch + slot) // num_classes  # = the visit number of class_id
         records = member_visit(seed, class_id, epoch, members, offsets, counts, m, width)
@@ -138,4 +148,4 @@ def batch_indices(labels, classes_per_batch=8, samples_per_class=4, seed=0, star
     """:func:`image_indices` grouped by step: Dataset of (step int64, indices int64 [P * m])."""
     batch_size = int(classes_per_batch) * int(samples_per_class)
     dataset = image_indices(labels, classes_per_batch, samples_per_class, seed, start_step)
-    return dataset.batch(batch_size).map(lambda steps, _, indices: (steps[0], indices))
+    return dataset.batch(batch_size).map(_plain(lambda steps, _, indices: (steps[0], indices)))

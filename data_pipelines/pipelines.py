@@ -180,12 +180,11 @@ def train_dataset(records, classes_per_batch=8, samples_per_class=4, seed=0, sta
     if input_pipeline not in INPUT_PIPELINES:
         raise ValueError(f"unknown input_pipeline {input_pipeline!r}; expected one of "
                          f"{', '.join(sorted(INPUT_PIPELINES))}")
-    records = validate_images(records, skip_corrupt)
-    start_step = int(start_step)
-    indices = INPUT_PIPELINES[input_pipeline](records.labels, classes_per_batch,
-                                              samples_per_class, seed, start_step)
     batch_size = int(classes_per_batch) * int(samples_per_class)
     first, share = _pipeline_share(batch_size, input_context)
+    records = validate_images(records, skip_corrupt)
+    indices = INPUT_PIPELINES[input_pipeline](records.labels, classes_per_batch,
+                                              samples_per_class, seed, int(start_step))
     if share != batch_size:
         indices = indices.filter(
             lambda step, position, index: (position >= first) & (position < first + share))

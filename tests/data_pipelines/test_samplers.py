@@ -1,4 +1,8 @@
-"""m-per-class batches and the one-per-class proxy pool, checked over many batches."""
+"""m-per-class batches and the one-per-class proxy pool, checked over many batches.
+
+The guarantees are checked for both samplers: the numpy MPerClassSampler and the in-graph one
+(data_pipelines.ingraph, a different sequence with the same guarantees).
+"""
 import itertools
 import logging
 import time
@@ -6,7 +10,10 @@ import time
 import numpy as np
 import pytest
 
+from data_pipelines import ingraph
 from data_pipelines.samplers import MPerClassSampler, one_per_class_indices
+
+SAMPLERS = ("numpy", "ingraph")
 
 
 def _labels(sizes, first_id=100):
@@ -15,15 +22,21 @@ def _labels(sizes, first_id=100):
     return labels[np.random.default_rng(1).permutation(len(labels))]
 
 
-def _take(sampler, steps, start_step=0):
-    return np.stack(list(itertools.islice(sampler.batches(start_step), steps)))
+def _take(kind, labels, P, m, seed, steps, start_step=0):
+    """int64 [steps, P * m]: the batches from `start_step` of sampler `kind`."""
+    if kind == "numpy":
+        sampler = MPerClassSampler(labels, P, m, seed=seed)
+        return np.stack(list(itertools.islice(sampler.batches(start_step), steps)))
+    dataset = ingraph.batch_indices(labels, P, m, seed=seed, start_step=start_step)
+    return np.stack([indices.numpy() for _, indices in dataset.take(steps)])
 
 
-def test_batch_composition_and_class_epochs():
+@pytest.mark.parametrize("kind", SAMPLERS)
+def test_batch_composition_and_class_epochs(kind):
     sizes = [5, 6, 7, 8, 9, 10, 11]  # 7 classes, P = 3: class epochs straddle batches
     labels = _labels(sizes)
     P, m = 3, 4
-    batches = _take(MPerClassSampler(labels, P, m, seed=3), 70)
+    batches = _take(kind, labels, P, m, 3, 70)
     assert batches.shape == (70, P * m) and batches.dtype == np.int64
     sequence = []
     for batch in batches:
@@ -39,10 +52,11 @@ def test_batch_composition_and_class_epochs():
     assert len(set(first_epochs)) > 1
 
 
-def test_within_class_without_replacement_until_exhausted():
+@pytest.mark.parametrize("kind", SAMPLERS)
+def test_within_class_without_replacement_until_exhausted(kind):
     labels = _labels([5, 6, 7, 9, 4])
     P, m = 2, 4
-    batches = _take(MPerClassSampler(labels, P, m, seed=0), 200)
+    batches = _take(kind, labels, P, m, 0, 200)
     for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)
         stream = [i for batch in batches for i in batch if labels[i] == cls]
@@ -55,29 +69,31 @@ def test_within_class_without_replacement_until_exhausted():
     assert counts.max() - counts.min() <= P * m  # classes visited evenly
 
 
-def test_reproducible_and_seed_dependent():
+@pytest.mark.parametrize("kind", SAMPLERS)
+def test_reproducible_and_seed_dependent(kind):
     labels = _labels([6] * 10)
-    a = _take(MPerClassSampler(labels, 4, 3, seed=7), 30)
-    b = _take(MPerClassSampler(labels, 4, 3, seed=7), 30)
-    c = _take(MPerClassSampler(labels, 4, 3, seed=8), 30)
+    a = _take(kind, labels, 4, 3, 7, 30)
+    b = _take(kind, labels, 4, 3, 7, 30)
+    c = _take(kind, labels, 4, 3, 8, 30)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("start_step", [1, 7, 23, 50])
-def test_resume_equals_uninterrupted(start_step):
+@pytest.mark.parametrize("kind", SAMPLERS)
+def test_resume_equals_uninterrupted(kind):
     labels = _labels([3, 5, 6, 7, 2, 9, 4])
-    sampler = MPerClassSampler(labels, 3, 4, seed=11)
-    full = _take(sampler, start_step + 15)
-    np.testing.assert_array_equal(_take(sampler, 15, start_step), full[start_step:])
+    full = _take(kind, labels, 3, 4, 11, 65)
+    for start_step in (1, 7, 23, 50):
+        np.testing.assert_array_equal(_take(kind, labels, 3, 4, 11, 15, start_step),
+                                      full[start_step:start_step + 15])
 
 
-def test_short_classes_fill_and_warn(caplog):
+@pytest.mark.parametrize("kind", SAMPLERS)
+def test_short_classes_fill_and_warn(kind, caplog):
     labels = _labels([1, 2, 6, 6])
     with caplog.at_level(logging.WARNING):
-        sampler = MPerClassSampler(labels, 4, 4, seed=0)
+        batches = _take(kind, labels, 4, 4, 0, 20)
     assert "2 of 4 classes" in caplog.text
-    batches = _take(sampler, 20)
     for batch in batches:
         groups = labels[batch].reshape(4, 4)
         assert sorted(groups[:, 0]) == sorted(np.unique(labels))
@@ -89,17 +105,18 @@ def test_short_classes_fill_and_warn(caplog):
         assert set(visit) == set(two)
 
 
-def test_too_few_classes():
+@pytest.mark.parametrize("kind", SAMPLERS)
+def test_too_few_classes(kind):
     with pytest.raises(ValueError, match=r"3 classes.*classes_per_batch=8"):
-        MPerClassSampler(_labels([4, 4, 4]), 8, 4)
+        _take(kind, _labels([4, 4, 4]), 8, 4, 0, 1)
 
 
-def test_resume_is_fast_at_sop_scale():
+@pytest.mark.parametrize("kind", SAMPLERS)
+def test_resume_is_fast_at_sop_scale(kind):
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(11318), rng.integers(2, 10, 11318))  # SOP-like: ~60k images
-    sampler = MPerClassSampler(labels, 8, 4, seed=0)
     begin = time.perf_counter()
-    batch = next(sampler.batches(100_000))
+    batch, = _take(kind, labels, 8, 4, 0, 1, start_step=100_000)
     elapsed = time.perf_counter() - begin
     assert batch.shape == (32,)
     assert elapsed < 10.0, f"resuming at step 100k took {elapsed:.1f} s"

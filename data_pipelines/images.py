@@ -29,7 +29,6 @@ import io
 import json
 import os
 import tempfile
-import weakref
 
 import numpy as np
 import simplejpeg
@@ -54,8 +53,9 @@ CACHE_VERSION = 1  # bump when the rule of decode_problem changes: old entries a
 SHOWN = 5  # bad files named in a message
 STAT_CHUNK = 1024  # files stat-ed per thread task (one task per file costs more than a stat)
 
-# Records that passed (or were produced by) check_images -> their bad files ([] once checked).
-_CHECKED = weakref.WeakKeyDictionary()
+# path -> [size, mtime_ns] of the files that decoded cleanly in this process: any Records
+# cut from checked ones (folds, subsets) is known clean after one stat per file.
+_VERIFIED = {}
 
 
 class CorruptImageError(ValueError):
@@ -207,13 +207,18 @@ def scan(paths, num_threads=None, cache_dir=None):
         chunks = [unique[i:i + STAT_CHUNK] for i in range(0, len(unique), STAT_CHUNK)]
         keys = [k for chunk in pool.map(_stat_keys, chunks) for k in chunk]
         stale = [p for p, k in zip(unique, keys)
-                 if k is None or cached.get(p, [None, None])[:2] != k]
+                 if k is None or (_VERIFIED.get(p) != k and cached.get(p, [None, None])[:2] != k)]
         fresh = dict(zip(stale, pool.map(decode_problem, stale)))
     reasons = {}
     for path, key in zip(unique, keys):
-        reasons[path] = fresh[path] if path in fresh else cached[path][2]
+        if path in fresh:
+            reasons[path] = fresh[path]
+        else:
+            reasons[path] = None if _VERIFIED.get(path) == key else cached[path][2]
         if key is not None:
             cached[path] = key + [reasons[path]]
+            if reasons[path] is None:
+                _VERIFIED[path] = key
     if cache_file and stale:
         try:
             _write_atomic(cache_file, json.dumps({"version": CACHE_VERSION, "entries": cached}))
@@ -233,14 +238,13 @@ def describe(bad, shown=SHOWN):
 def find_corrupt_images(records, num_threads=None, cache_dir=""):
     """[(path, reason)] for every bad file of `records`, in record order (full decode).
 
-    In-memory records give []. Results are memoized per Records object; records returned by
-    :func:`check_images` are known clean and cost nothing. No disk cache unless `cache_dir`.
+    In-memory records give []. Files that decoded cleanly earlier in this process (e.g. in
+    :func:`check_images` of the loader) and kept their size and mtime are not decoded again.
+    No disk cache unless `cache_dir`.
     """
     if records.paths is None:
         return []
-    if records not in _CHECKED:
-        _CHECKED[records] = scan(records.paths, num_threads, cache_dir)
-    return list(_CHECKED[records])
+    return scan(records.paths, num_threads, cache_dir)
 
 
 def _write_report(bad, report_path):
@@ -260,9 +264,7 @@ def _without(records, bad_paths):
         return records
     keep = np.array([i for i, p in enumerate(records.paths) if p not in bad_paths],
                     dtype=np.int64)
-    kept = records if keep.size == len(records) else records.select(keep)
-    _CHECKED[kept] = []
-    return kept
+    return records if keep.size == len(records) else records.select(keep)
 
 
 def _emptied_classes(parts, kept):
@@ -328,7 +330,6 @@ def check_images(data, skip_corrupt=False, allow_partial=False, cache_dir=None,
     test = kept["test"]
     if splits.query is not None:
         test = records_lib.concatenate(kept["query"], kept["gallery"])
-        _CHECKED[test] = []
     return records_lib.DatasetSplits(name=splits.name, train=kept["train"], test=test,
                                      query=kept["query"], gallery=kept["gallery"])
 

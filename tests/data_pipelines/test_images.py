@@ -98,7 +98,8 @@ def test_mid_file_damage_is_what_tf_and_pil_decode_silently(tmp_path, damage):
     assert "extraneous bytes" in images.decode_problem(path)
 
 
-def test_scan_keeps_order_and_caches_by_size_and_mtime(tmp_path):
+def test_scan_keeps_order_and_caches_by_size_and_mtime(tmp_path, monkeypatch,
+                                                       image_check_cache):
     good = _good_files(tmp_path / "data")
     target = good[0]
     garbage = _write(tmp_path / "data" / "x.jpg", b"GIF? no")
@@ -110,7 +111,9 @@ def test_scan_keeps_order_and_caches_by_size_and_mtime(tmp_path):
     entries = json.loads(cache_file.read_text())["entries"]
     assert sorted(entries) == sorted(set(paths))
     assert entries[target][:2] == [os.stat(target).st_size, os.stat(target).st_mtime_ns]
-    # Same size and mtime: the cached verdict is reused, the new bytes are not decoded.
+    # Same size and mtime: the cached verdict is reused, the new bytes are not decoded. (A
+    # fresh process: no file is known clean in memory.)
+    monkeypatch.setattr(images, "_VERIFIED", {})
     stat = os.stat(target)
     _write(target, b"\x00" * stat.st_size)
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
@@ -119,9 +122,9 @@ def test_scan_keeps_order_and_caches_by_size_and_mtime(tmp_path):
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     ((path, reason),) = images.scan([target], cache_dir=str(cache_dir))
     assert path == target and "JPEG" in reason
-    # No cache at all: always decoded.
-    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert images.scan([target], cache_dir="") != []
+    # cache_dir="": nothing written, not even to the default folder.
+    assert images.scan(good[1:], cache_dir="") == []
+    assert len(list(cache_dir.glob("*.json"))) == 1 and not image_check_cache.exists()
 
 
 def _records(folder, classes=(1, 2, 3), per_class=3):
@@ -156,7 +159,15 @@ def test_bad_files_raise_with_the_flag_or_are_skipped(tmp_path, damage, caplog):
            f"{report}" in caplog.text
     assert kept.paths == tuple(p for p in records.paths if p not in (header, middle))
     np.testing.assert_array_equal(kept.labels, [1, 1, 2, 2, 2, 3, 3])
-    assert images.find_corrupt_images(kept) == []  # known clean: nothing decoded again
+    # A fold cut from the checked records is known clean: not decoded again (no disk cache
+    # here), so new bytes of the same size and mtime go unseen; a new mtime is decoded.
+    fold = kept.select([0, 2, 4])
+    stat = os.stat(fold.paths[1])
+    _write(fold.paths[1], b"\x00" * stat.st_size)
+    os.utime(fold.paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert images.find_corrupt_images(fold) == []
+    os.utime(fold.paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert [p for p, _ in images.find_corrupt_images(fold)] == [fold.paths[1]]
 
 
 def test_skipping_a_whole_class_needs_allow_partial(tmp_path, caplog):

@@ -10,7 +10,8 @@ is bad when it is not a JPEG/PNG/GIF/BMP file or does not decode cleanly:
   are errors, as are broken headers (``jpeg::Uncompress failed`` in TF). Warnings about
   metadata only (a bad ICC profile, an unknown JFIF revision or Adobe transform) are not.
   A file TurboJPEG cannot open at all is judged by plain libjpeg through PIL.
-* PNG: PIL ``verify()`` (chunk CRCs up to IEND) and a full ``load()``; GIF/BMP: ``load()``.
+* PNG: PIL ``verify()`` (chunk CRCs up to IEND) and a full ``load()``; GIF/BMP: ``load()``;
+  then TensorFlow's decoder too (PIL reads variants it does not, e.g. 1-bit BMP).
 
 By default a bad file is an error (:class:`CorruptImageError` naming the first files, the
 count, and the flag ``--skip_corrupt``); with ``skip_corrupt=True`` bad files are dropped with
@@ -63,7 +64,7 @@ class CorruptImageError(ValueError):
 
 
 def image_kind(head):
-    """"jpeg", "png", "gif" or "bmp" from a file's first (>= 8) bytes, else None."""
+    """The format ("jpeg", "png", "gif" or "bmp") of a file from its first 8 bytes, else None."""
     if head.startswith(JPEG_SOI):
         return "jpeg"
     if head.startswith(PNG_SIGNATURE):
@@ -125,7 +126,13 @@ def decode_problem(path):
     if kind == "jpeg":
         return _jpeg_problem(data)
     error = _pil_error(data, kind)
-    return None if error is None else f"corrupt {kind.upper()} ({error})"
+    if error is not None:
+        return f"corrupt {kind.upper()} ({error})"
+    try:  # PIL reads some variants the pipeline's decoder does not (a 1-bit BMP)
+        tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    except tf.errors.InvalidArgumentError as tf_error:
+        return f"{kind.upper()} that TensorFlow cannot decode ({tf_error.message.splitlines()[0]})"
+    return None
 
 
 def default_cache_dir():

@@ -250,10 +250,11 @@ def test_export_check_agrees_with_the_data_pipeline_check(tmp_path, damage):
     (tmp_path / "images" / "page.jpg").write_bytes(b"<html>404</html>")
     data = open(good[0], "rb").read()
     (tmp_path / "images" / "cut.jpg").write_bytes(data[: len(data) // 2])
+    Image.open(good[1]).convert("1").save(tmp_path / "images" / "bits.png", format="BMP")
     verdicts = {}
     for path in ccp.export.list_images(tmp_path / "images"):
         verdicts[os.path.basename(path)] = ccp.export.image_problem(path) is None
         assert verdicts[os.path.basename(path)] == (images.decode_problem(path) is None), path
     assert verdicts == {"good.jpg": True, "good.png": True, "jfif2.jpg": True,
                         "header.jpg": False, "middle.jpg": False, "page.jpg": False,
-                        "cut.jpg": False}
+                        "cut.jpg": False, "bits.png": False}

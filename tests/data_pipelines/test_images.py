@@ -70,6 +70,9 @@ def _bad_files(folder, damage):
         _write(folder / "crc.png", png[:idat] + bytes([png[idat] ^ 0xFF]) + png[idat + 1:]):
             "corrupt PNG",
         str(folder / "absent.jpg"): "unreadable",
+        # PIL reads it, the pipeline's decoder (TF) does not
+        _save(folder / "bits.bmp", Image.fromarray(_pixels(5)).convert("1"), format="BMP"):
+            "BMP that TensorFlow cannot decode",
     }
 
 

@@ -11,16 +11,18 @@ import tensorflow as tf
 
 @tf.custom_gradient
 def _lipschitz_l2_normalize_rows(x):
-    norm = tf.norm(x, axis=-1, keepdims=True)
-    scale = tf.maximum(norm, tf.ones_like(norm))
+    squared_norm = tf.reduce_sum(tf.square(x), axis=-1, keepdims=True)
+    # sqrt(max(|x|^2, 1)) == max(|x|, 1) exactly (sqrt is monotone and correctly rounded).
+    scale = tf.sqrt(tf.maximum(squared_norm, 1.0))
     u = x / scale
 
     def grad(dy):
         # Projection onto the sphere for long vectors, identity inside the ball (SPEC §2):
-        # dx = (dy - <u, dy> u) / ||x||  if ||x|| > 1, else dy.
-        outside = norm > 1.0
-        tangent = (dy - tf.reduce_sum(u * dy, axis=-1, keepdims=True) * u) / scale
-        return tf.where(outside, tangent, dy)
+        # dx = (dy - <u, dy> u) / ||x||  if ||x|| > 1, else dy. Inside, the scale is exactly 1
+        # and the projection coefficient is zeroed, so one formula serves both cases.
+        along = tf.reduce_sum(u * dy, axis=-1, keepdims=True)
+        along = tf.where(squared_norm > 1.0, along, tf.zeros_like(along))
+        return (dy - along * u) / scale
 
     return u, grad
 

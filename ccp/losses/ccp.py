@@ -3,11 +3,129 @@
 ``L_ccp = pair_weight * L(batch, batch) + proxy_weight * L(batch samples, proxies)`` (SPEC §4),
 with ``K`` proxies per class as trainable variables. The proxies are rebuilt by the alternating
 projection (``ccp.projection``) from embeddings picked by greedy k-center.
+
+With the Euclidean C2 base (the paper's main loss) both terms and the Lipschitz normalizations
+run as one fused computation with a hand-written gradient (:func:`fused_contrastive_ccp`): the
+same numbers as composing ``ContrastiveLoss.compute`` twice, in a fraction of the ops.
 """
 import keras
+import tensorflow as tf
 
+from ccp import ops
 from ccp.losses.base import PairLoss
+from ccp.losses.pair import ContrastiveLoss
 from ccp.losses.proxy import ProxyLoss
+
+
+def _lipschitz_scale(raw):
+    """``[N, D] -> (squared norms [N, 1], 1 / max(||raw||, 1) [N, 1])`` (SPEC §2)."""
+    squared_norm = tf.reduce_sum(tf.square(raw), axis=1, keepdims=True)
+    return squared_norm, 1.0 / tf.sqrt(tf.maximum(squared_norm, 1.0))
+
+
+def _contrastive_and_weights(squared, pos, neg, pos_margin, neg_margin):
+    """C2 from squared distances, and its gradient w.r.t. them.
+
+    Args:
+      squared: float32 ``[N, M]`` squared distances (>= 0); pos, neg: float32 ``[N, M]``
+        0/1 masks of the positive and negative pairs.
+    Returns:
+      ``(loss scalar, weights [N, M])``, ``weights = d loss / d squared``: 0 where the squared
+      distance is 0 (the NaN-free sqrt gradient of SPEC §3) or the pair is inactive.
+    """
+    dists = tf.sqrt(squared)
+    pos_terms = tf.nn.relu(dists - pos_margin) * pos
+    neg_terms = tf.nn.relu(neg_margin - dists) * neg
+    pos_active = tf.cast(pos_terms > 0.0, dists.dtype)
+    neg_active = tf.cast(neg_terms > 0.0, dists.dtype)
+    pos_count = tf.reduce_sum(pos_active) + 1e-16
+    neg_count = tf.reduce_sum(neg_active) + 1e-16
+    loss = tf.reduce_sum(pos_terms) / pos_count + tf.reduce_sum(neg_terms) / neg_count
+    # d loss / d squared = (d loss / d dists) / (2 d), 0 where d = 0 (sqrt(0) is exactly 0).
+    weights = tf.math.divide_no_nan(pos_active / pos_count - neg_active / neg_count, 2.0 * dists)
+    return loss, weights
+
+
+def fused_contrastive_ccp(labels, embeddings, proxies, proxy_labels, pos_margin, neg_margin,
+                          pair_weight, proxy_weight):
+    """C2-CCP in one pass with a hand-written gradient (the value of ``CCPLoss`` with a C2 base).
+
+    Lipschitz-normalizes ``embeddings`` and ``proxies`` (SPEC §2), then C2 (SPEC §4) on the
+    batch pairs and on the sample-vs-proxy pairs. The normalized proxy bank is never formed:
+    with ``w_j = r_j s_j`` (``s_j = 1 / max(||r_j||, 1)``), ``x.w_j = (x.r_j) s_j`` and
+    ``|w_j|^2 = |r_j|^2 s_j^2``. The gradient is the chain rule written out: with
+    ``W = d loss / d squared distances``, ``d/dx_i = 2 (x_i rowsum_i(W) - sum_j W_ij w_j)``,
+    ``d/dw_j = 2 (w_j colsum_j(W) - sum_i W_ij x_i)``, then SPEC §2's Lipschitz gradient, which
+    for a proxy folds into ``d/dr_j = r_j a_j - (W^T x)_j b_j`` with per-row ``a_j, b_j``.
+
+    Args:
+      labels: int32 ``[B]``; embeddings: float32 raw ``[B, D]``.
+      proxies: float32 raw ``[P, D]``; proxy_labels: int32 ``[P]``.
+    Returns:
+      ``(loss, pair, proxy)`` scalars: ``loss = pair_weight * pair + proxy_weight * proxy``.
+    """
+    pair_pos, pair_neg = (tf.cast(m, tf.float32) for m in ops.pair_masks(labels))
+    # Proxy labels are never padding: a padded sample (label < 0) equals no proxy label.
+    proxy_pos = tf.equal(labels[:, None], proxy_labels[None, :])
+    proxy_neg = tf.cast(tf.logical_and(tf.logical_not(proxy_pos), labels[:, None] >= 0),
+                        tf.float32)
+    proxy_pos = tf.cast(proxy_pos, tf.float32)
+
+    @tf.custom_gradient
+    def run(raw_x, raw_w):
+        norm_x, inv_x = _lipschitz_scale(raw_x)
+        x = raw_x * inv_x
+        squared_x = tf.reduce_sum(tf.square(x), axis=1, keepdims=True)
+        norm_w, inv_w = _lipschitz_scale(raw_w)
+        squared_w = norm_w * tf.square(inv_w)
+
+        batch_sq = tf.nn.relu(squared_x + tf.transpose(squared_x)
+                              - 2.0 * tf.matmul(x, x, transpose_b=True))
+        batch_sq = tf.linalg.set_diag(batch_sq, tf.zeros(tf.shape(batch_sq)[:1], batch_sq.dtype))
+        cross_sq = tf.nn.relu(squared_x + tf.transpose(squared_w) - 2.0 * tf.matmul(
+            x, raw_w, transpose_b=True) * tf.transpose(inv_w))
+        pair, pair_weights = _contrastive_and_weights(batch_sq, pair_pos, pair_neg, pos_margin,
+                                                      neg_margin)
+        proxy, proxy_weights = _contrastive_and_weights(cross_sq, proxy_pos, proxy_neg,
+                                                        pos_margin, neg_margin)
+        loss = pair_weight * pair + proxy_weight * proxy
+
+        def grad(d_loss, d_pair=None, d_proxy=None):
+            pair_scale = pair_weight * d_loss + (0.0 if d_pair is None else d_pair)
+            proxy_scale = proxy_weight * d_loss + (0.0 if d_proxy is None else d_proxy)
+            batch_w = pair_scale * pair_weights
+            batch_w = batch_w + tf.transpose(batch_w)  # x is both query and reference
+            cross_w = proxy_scale * proxy_weights
+            row_sums = (tf.reduce_sum(batch_w, axis=1, keepdims=True)
+                        + tf.reduce_sum(cross_w, axis=1, keepdims=True))
+            # sum_j W_ij w_j = (W * s^T) r
+            grad_x = 2.0 * (x * row_sums - tf.matmul(batch_w, x)
+                            - tf.matmul(cross_w * tf.transpose(inv_w), raw_w))
+            along_x = tf.reduce_sum(x * grad_x, axis=1, keepdims=True)
+            along_x = tf.where(norm_x > 1.0, along_x, tf.zeros_like(along_x))
+            d_raw_x = (grad_x - along_x * x) * inv_x
+            # Proxies: g_j = 2 (r_j s_j c_j - v_j), v = W^T x, c = colsum(W);
+            # <u_j, g_j> = 2 (|r_j|^2 c_j s_j^2 - <r_j, v_j> s_j) outside the ball, else 0;
+            # d r_j = (g_j - <u_j, g_j> u_j) s_j = r_j (2 c_j - <u_j, g_j>) s_j^2 - v_j 2 s_j.
+            col_sums = tf.transpose(tf.reduce_sum(cross_w, axis=0, keepdims=True))
+            v = tf.matmul(cross_w, x, transpose_a=True)
+            along_w = 2.0 * (norm_w * col_sums * tf.square(inv_w)
+                             - tf.reduce_sum(raw_w * v, axis=1, keepdims=True) * inv_w)
+            along_w = tf.where(norm_w > 1.0, along_w, tf.zeros_like(along_w))
+            d_raw_w = raw_w * ((2.0 * col_sums - along_w) * tf.square(inv_w)) - v * (2.0 * inv_w)
+            return d_raw_x, d_raw_w
+
+        return (loss, pair, proxy), grad
+
+    return run(tf.cast(embeddings, tf.float32), tf.cast(proxies, tf.float32))
+
+
+def _is_euclidean_contrastive(loss):
+    """Whether ``loss`` is exactly C2 on the Euclidean distance (no added regularizer)."""
+    if type(loss) is not ContrastiveLoss:
+        return False
+    distance = getattr(loss, "distance", None)
+    return distance is None or getattr(distance, "name", None) == "euclidean"
 
 
 @keras.saving.register_keras_serializable(package="ccp")
@@ -38,6 +156,12 @@ class CCPLoss(ProxyLoss):
         return self.base_loss.compute(embeddings, labels, ref_embeddings, ref_labels)
 
     def loss_terms(self, labels, embeddings, training=None):
+        if _is_euclidean_contrastive(self.base_loss):
+            loss, pair, proxy = fused_contrastive_ccp(
+                ops.flatten_labels(labels), embeddings, tf.convert_to_tensor(self.proxies),
+                self.proxy_labels, self.base_loss.pos_margin, self.base_loss.neg_margin,
+                self.pair_weight, self.proxy_weight)
+            return {"loss": loss, "pair": pair, "proxy": proxy}
         labels, x = self.prepare(labels, embeddings)
         pair = self.base_loss.compute(x, labels)
         # Samples are the anchors (rows), proxies the references (SPEC §3).

@@ -462,3 +462,39 @@ def test_float16_inputs_under_mixed_precision_give_float32_loss():
     reference.assign_proxies(layer.proxies_by_class())
     assert float(value) == pytest.approx(
         float(reference(y, x.astype(np.float16).astype(np.float32))), rel=1e-4)
+
+
+class _ComposedContrastive(losses.ContrastiveLoss):
+    """Same C2, but a subclass: CCPLoss composes it from ``compute`` instead of the fused path."""
+
+
+@pytest.mark.parametrize("term", ["loss", "pair", "proxy"])
+def test_fused_c2_ccp_equals_the_composed_loss(term):
+    rng = np.random.default_rng(23)
+    x, y = batch(6, 4, 16, seed=24, scale=3.0)
+    x[5] = x[4]  # a duplicate pair: distance 0, the NaN-free gradient
+    x[7] = 0.0   # a zero embedding
+    y = y.copy()
+    y[-1] = -1   # a padding row
+    proxies = rng.normal(size=(10 * 3, 16)) * np.repeat([0.1, 0.5], 15)[:, None]
+    proxies[3] = 0.0  # a zero proxy
+    results = []
+    for base in (losses.ContrastiveLoss(0.05, 0.9), _ComposedContrastive(0.05, 0.9)):
+        layer = losses.CCPLoss(base, 10, 16, proxies_per_class=3, pair_weight=0.3,
+                               proxy_weight=0.7)
+        layer.assign_proxies(proxies.astype(np.float32))
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            terms = layer.loss_terms(y, xt)
+        grads = tape.gradient(terms[term], [xt, layer.proxies])
+        grads = [np.zeros(v.shape, np.float32) if g is None else np.asarray(g)
+                 for g, v in zip(grads, (xt, layer.proxies))]  # "pair" does not reach proxies
+        results.append([float(terms[k]) for k in ("loss", "pair", "proxy")] + grads)
+    fused, composed = results
+    np.testing.assert_allclose(fused[:3], composed[:3], rtol=1e-6)
+    assert fused[0] > 0 and fused[1] > 0 and fused[2] > 0
+    for a, b in zip(fused[3:], composed[3:]):
+        assert np.all(np.isfinite(a))
+        # Reassociated float32 sums: equal to ~1e-6 of the gradient's scale.
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5 * np.abs(b).max())

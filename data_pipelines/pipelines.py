@@ -215,6 +215,9 @@ def train_dataset(records, classes_per_batch=8, samples_per_class=4, seed=0, sta
 
 
 def _ordered_dataset(records, indices, labels, batch_size, image_size, resize_size, cache):
+    if records.tfrecords is not None:  # read only the records used (a proxy pool: a few per class)
+        used, indices = np.unique(indices, return_inverse=True)
+        records, indices = records.select(used), indices.reshape(-1).astype(np.int64)
     load = _decoded_loader(records)
     dataset = tf.data.Dataset.from_tensor_slices((indices, labels))
     dataset = dataset.map(

@@ -82,3 +82,6 @@ def test_tfds_copy_and_raw_files_give_identical_batches(cub_dir, tmp_path):
             _batches(from_copy, 3), _batches(data_pipelines.train_dataset(raw.test, **kwargs), 3)):
         np.testing.assert_array_equal(y_copy, y_raw)
         np.testing.assert_array_equal(x_copy, x_raw)
+    pools = [_batches(data_pipelines.one_per_class_dataset(
+        splits.test, rounds=4, batch_size=8, seed=3, image_size=SIZE), 1) for splits in (copy, raw)]
+    np.testing.assert_array_equal(pools[0][0][0], pools[1][0][0])  # the CCP proxy pool too

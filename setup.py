@@ -18,6 +18,8 @@ setup(
         "scipy>=1.11,<2",
         "absl-py>=2.1,<3",
         "tensorflow-datasets>=4.9,<5",
+        # TFDS 4.9 imports it when preparing a data set but declares it only for Python < 3.9.
+        "importlib_resources",
         "pillow>=10,<14",
         # Strict JPEG decoding (libjpeg warnings as errors) for the up-front image check.
         "simplejpeg>=1.9,<2",

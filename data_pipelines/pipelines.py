@@ -12,9 +12,10 @@ Training batch indices come from one of INPUT_PIPELINES: "generator" (samplers.M
 in Python through from_generator) or "ingraph" (ingraph.py: tf.data/TF ops only, a documented
 different sequence with the same guarantees; what a TPU host needs).
 
-Corrupt files are found up front by a cheap signature / end-marker check (images.py, ~64 KiB read
-per file, threaded, cached per Records object) that names them; the same check runs in the graph
-just before decoding (an Assert carrying the path), for files damaged after the pipeline was built.
+Corrupt files are found up front by images.find_corrupt_images (a full decode, skipped for files
+the loader already decoded) that names them; a cheap signature / end-marker check runs in the
+graph just before decoding (an Assert carrying the path), for files damaged after the pipeline
+was built. A TFDS copy was checked when it was prepared.
 """
 import weakref
 

@@ -76,6 +76,8 @@ def test_copy_holds_the_raw_records_and_loads_like_them(name, request, tfds_dir)
             with open(path, "rb") as handle:
                 file_bytes.append(handle.read())
         assert _copy_bytes(got) == file_bytes
+    with pytest.raises(ValueError, match="cannot mix TFRecord-backed"):
+        data_pipelines.concatenate(copy.train, raw.train)
     (want_fold, _), (got_fold, _) = (data_pipelines.class_folds(raw.train, num_folds=2),
                                      data_pipelines.class_folds(copy.train, num_folds=2))
     for part in ("train", "val"):

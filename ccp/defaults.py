@@ -30,6 +30,32 @@ SOFT_TRIPLE_GAMMA = 0.1
 SOFT_TRIPLE_TAU = 0.2
 SOFT_TRIPLE_MARGIN = 0.01       # delta
 SOFT_TRIPLE_CENTERS = 10
+CIRCLE_MARGIN = 0.4             # Circle loss m (the paper's DML setting)
+CIRCLE_GAMMA = 80.0
+FASTAP_NUM_BINS = 10
+RLL_BOUNDARY = 1.2              # ranked-list loss alpha
+RLL_MARGIN = 0.4                # m
+RLL_NEG_TEMPERATURE = 10.0      # T_n
+RLL_POS_TEMPERATURE = 0.0       # T_p
+RLL_NEG_WEIGHT = 1.0            # lambda
+DISTANCE = "euclidean"          # or "snr" (signal-to-noise ratio distance)
+SNR_REGULARIZATION_WEIGHT = 1e-3
+RHO_P_SWITCH = 0.0              # rho-regularization off; the paper's value is 0.2
+RHO_P_SWITCH_PAPER = 0.2
+# The reference's other losses, miners and switches (SPEC §4b, issue 15).
+NORMALIZED_SOFTMAX_TEMPERATURE = 0.11   # the reference's XEnt lambda_softmax
+VIRTUAL_SOFTMAX_TEMPERATURE = 0.11
+VIRTUAL_SOFTMAX_MARGIN = 0.0            # ProxyNCA's delta
+PROXY_SYNTHESIS_ALPHA = 0.4             # lambda ~ Beta(alpha, alpha)
+PROXY_SYNTHESIS_MU = 1.0                # synthetic pairs = round(B * mu)
+MDR_WEIGHT = 1.0
+MDR_LEVEL_PENALTY = 0.01
+MDR_MOMENTUM = 0.9
+MDR_LEVELS = (-3.0, 0.0, 3.0)
+MINER = None                            # or a name in ccp.losses.miners.REGISTRY
+DISTANCE_WEIGHTED_CUTOFF = 0.5
+DISTANCE_WEIGHTED_NONZERO_LOSS_CUTOFF = 1.4
+AVERAGE_NONZERO_ONLY = True             # False: average over all terms
 
 # --- CCP (SPEC §4 "CCP" and §5) -----------------------------------------------------------------
 CCP_PROXIES_PER_CLASS = 8       # K

@@ -12,11 +12,11 @@ import data_pipelines
 from experiments import registry
 
 
-def build_loss(config, num_classes):
+def build_loss(config, num_classes, seed=0):
     """The loss layer: base loss, optionally inside CCP and/or a cross-batch memory."""
     spec = registry.LOSSES[config.loss.name]
     embedding_size = config.model.embedding_size
-    loss = spec.build(config.loss, num_classes, embedding_size)
+    loss = spec.build(config.loss, num_classes, embedding_size, seed)
     if spec.kind == registry.PROXY:
         return loss
     if config.ccp.enabled:
@@ -87,7 +87,8 @@ def seed_everything(seed):
 def load_splits(config):
     """The data set's DatasetSplits, checked by its loader (layout, counts, images)."""
     data = config.data
-    options = dict(skip_corrupt=data.skip_corrupt, allow_partial=data.allow_partial)
+    options = dict(skip_corrupt=data.skip_corrupt, allow_partial=data.allow_partial,
+                   data_source=data.data_source)
     if data.dataset in registry.EMBEDDED_DATASETS:  # rendered at the model's input size
         return data_pipelines.load(data.dataset, None, image_size=config.resolved_image_size,
                                    **options)
@@ -109,6 +110,7 @@ def train_dataset_fn(config, records, seed):
             min_area=data.min_crop_area,
             flip=data.flip,
             cache=data.cache_images,
+            input_pipeline=data.input_pipeline,
         )
 
     return make

@@ -50,6 +50,11 @@ class DataConfig:
                                                    "random crop.")
     flip: bool = _field(True, "Random horizontal flips during training.")
     cache_images: bool = _field(False, "Cache the encoded image files in memory (tf.data).")
+    data_source: str = _field("files", "Read the data set from its files, or from a prepared "
+                                       "TFDS copy in --data_dir.", registry.DATA_SOURCES)
+    input_pipeline: str = _field("generator", "Batch sampling: Python generator, or in-graph "
+                                              "(no Python op, TPU-ready).",
+                                 registry.INPUT_PIPELINES)
     skip_corrupt: bool = _field(False, "Skip (and list) images that do not decode instead of "
                                        "failing.")
     allow_partial: bool = _field(False, "Accept a data set copy whose counts differ from the "
@@ -96,6 +101,18 @@ class LossConfig:
     soft_triple_tau: float = _field(D.SOFT_TRIPLE_TAU, "SoftTriple tau (center regularizer).")
     soft_triple_margin: float = _field(D.SOFT_TRIPLE_MARGIN, "SoftTriple delta (margin).")
     soft_triple_centers: int = _field(D.SOFT_TRIPLE_CENTERS, "SoftTriple centers per class.")
+    circle_margin: float = _field(D.CIRCLE_MARGIN, "Circle loss margin m.")
+    circle_gamma: float = _field(D.CIRCLE_GAMMA, "Circle loss scale gamma.")
+    fastap_num_bins: int = _field(D.FASTAP_NUM_BINS, "FastAP histogram bins.")
+    rll_boundary: float = _field(D.RLL_BOUNDARY, "Ranked-list loss boundary alpha.")
+    rll_margin: float = _field(D.RLL_MARGIN, "Ranked-list loss margin m.")
+    rll_neg_temperature: float = _field(D.RLL_NEG_TEMPERATURE, "Ranked-list loss T_n.")
+    rll_pos_temperature: float = _field(D.RLL_POS_TEMPERATURE, "Ranked-list loss T_p.")
+    rll_neg_weight: float = _field(D.RLL_NEG_WEIGHT, "Ranked-list loss lambda.")
+    distance: str = _field(D.DISTANCE, "Distance of contrastive, triplet, margin and ranked-list "
+                                       "losses.", registry.DISTANCES)
+    rho_p_switch: float = _field(D.RHO_P_SWITCH, "rho-regularization switch probability of "
+                                                 "triplet and margin losses (paper: 0.2).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,6 +298,7 @@ POSITIVE_INTS = (
     "embedding_size", "classes_per_batch", "samples_per_class", "steps_per_epoch", "max_epochs",
     "patience", "folds", "repeats", "eval_batch_size", "ccp_proxies_per_class", "ccp_pool_size",
     "ccp_patience", "ccp_min_iterations", "xbm_memory_batches", "soft_triple_centers",
+    "fastap_num_bins",
 )
 
 

@@ -66,7 +66,7 @@ def train_fold(config, fold, fold_dir, seed, strategy):
     train_records = fold.train
     with strategy.scope():
         model = builders.build_model(config, name=f"fold_{fold.index}")
-        loss = builders.build_loss(config, train_records.num_classes)
+        loss = builders.build_loss(config, train_records.num_classes, seed)
         trainer = build_trainer(config, model, loss, strategy, fold_dir)
     validation = builders.eval_dataset(config, fold.val) if fold.val is not None else None
     pool = builders.proxy_pool_fn(config, train_records, seed) if config.ccp.enabled else None

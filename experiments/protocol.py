@@ -263,7 +263,8 @@ def run(config):
     output_dir = config.run.output_dir
     os.makedirs(output_dir, exist_ok=True)
     with run_folder.RunLock(output_dir):
-        run_folder.check_config(config.to_dict(), output_dir)
+        run_folder.check_config(config.to_dict(), output_dir,
+                                config_lib.ExperimentConfig().to_dict())
         if run_folder.completed(output_dir):
             logging.info("%s is complete: nothing to do", output_dir)
             results = run_folder.read_json(os.path.join(output_dir, "results.json"))

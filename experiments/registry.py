@@ -21,7 +21,8 @@ class LossSpec:
       name: the ``--loss`` value.
       title: the method's name in tables ("C2"; "-CCP" / " + XBM" are appended).
       kind: PAIR or PROXY.
-      build: ``(loss_config, num_classes, embedding_size) -> ccp.losses layer``.
+      build: ``(loss_config, num_classes, embedding_size, seed) -> ccp.losses layer``; ``seed``
+        is the fold's (for losses that draw random numbers).
     """
 
     name: str
@@ -36,38 +37,57 @@ def _losses():
     return losses
 
 
-def _contrastive(cfg, num_classes, embedding_size):
-    return _losses().ContrastiveLoss(pos_margin=cfg.pos_margin, neg_margin=cfg.neg_margin)
+def _contrastive(cfg, num_classes, embedding_size, seed):
+    return _losses().ContrastiveLoss(pos_margin=cfg.pos_margin, neg_margin=cfg.neg_margin,
+                                     distance=cfg.distance)
 
 
-def _cosine_contrastive(cfg, num_classes, embedding_size):
+def _cosine_contrastive(cfg, num_classes, embedding_size, seed):
     return _losses().CosineContrastiveLoss(margin=cfg.cosine_margin)
 
 
-def _triplet(cfg, num_classes, embedding_size):
-    return _losses().TripletLoss(margin=cfg.triplet_margin)
+def _triplet(cfg, num_classes, embedding_size, seed):
+    return _losses().TripletLoss(margin=cfg.triplet_margin, distance=cfg.distance,
+                                 p_switch=cfg.rho_p_switch, switch_seed=seed)
 
 
-def _multi_similarity(cfg, num_classes, embedding_size):
+def _multi_similarity(cfg, num_classes, embedding_size, seed):
     return _losses().MultiSimilarityLoss(
         alpha=cfg.ms_alpha, beta=cfg.ms_beta, base=cfg.ms_base, mining=cfg.ms_mining)
 
 
-def _margin(cfg, num_classes, embedding_size):
-    return _losses().MarginLoss(margin=cfg.margin_alpha, beta_init=cfg.margin_beta)
+def _margin(cfg, num_classes, embedding_size, seed):
+    return _losses().MarginLoss(margin=cfg.margin_alpha, beta_init=cfg.margin_beta,
+                                distance=cfg.distance, p_switch=cfg.rho_p_switch,
+                                switch_seed=seed)
 
 
-def _proxy_anchor(cfg, num_classes, embedding_size):
+def _circle(cfg, num_classes, embedding_size, seed):
+    return _losses().CircleLoss(margin=cfg.circle_margin, gamma=cfg.circle_gamma)
+
+
+def _fastap(cfg, num_classes, embedding_size, seed):
+    return _losses().FastAPLoss(num_bins=cfg.fastap_num_bins)
+
+
+def _ranked_list(cfg, num_classes, embedding_size, seed):
+    return _losses().RankedListLoss(
+        boundary=cfg.rll_boundary, margin=cfg.rll_margin,
+        neg_temperature=cfg.rll_neg_temperature, pos_temperature=cfg.rll_pos_temperature,
+        neg_weight=cfg.rll_neg_weight, distance=cfg.distance)
+
+
+def _proxy_anchor(cfg, num_classes, embedding_size, seed):
     return _losses().ProxyAnchorLoss(
         num_classes, embedding_size, margin=cfg.proxy_anchor_margin, alpha=cfg.proxy_anchor_alpha)
 
 
-def _proxy_nca(cfg, num_classes, embedding_size):
+def _proxy_nca(cfg, num_classes, embedding_size, seed):
     return _losses().ProxyNCALoss(
         num_classes, embedding_size, temperature=cfg.proxy_nca_temperature)
 
 
-def _soft_triple(cfg, num_classes, embedding_size):
+def _soft_triple(cfg, num_classes, embedding_size, seed):
     return _losses().SoftTripleLoss(
         num_classes, embedding_size, centers_per_class=cfg.soft_triple_centers,
         lamda=cfg.soft_triple_lambda, gamma=cfg.soft_triple_gamma, tau=cfg.soft_triple_tau,
@@ -80,6 +100,9 @@ LOSSES = {spec.name: spec for spec in (
     LossSpec("triplet", "Triplet", PAIR, _triplet),
     LossSpec("multi_similarity", "MS", PAIR, _multi_similarity),
     LossSpec("margin", "Margin", PAIR, _margin),
+    LossSpec("circle", "Circle", PAIR, _circle),
+    LossSpec("fastap", "FastAP", PAIR, _fastap),
+    LossSpec("ranked_list", "RLL", PAIR, _ranked_list),
     LossSpec("proxy_anchor", "ProxyAnchor", PROXY, _proxy_anchor),
     LossSpec("proxy_nca", "ProxyNCA++", PROXY, _proxy_nca),
     LossSpec("soft_triple", "SoftTriple", PROXY, _soft_triple),
@@ -115,6 +138,11 @@ LR_SCHEDULES = ("constant", "plateau", "exponential")
 DATASETS = ("digits", "glyphs", "cub", "cars196", "sop", "inshop")
 EMBEDDED_DATASETS = ("digits", "glyphs")  # rendered in memory: no --data_dir
 POOLINGS = ("avg", "max", "avg+max")
+# Distances of the pair losses that take one (a test checks ccp.losses.distances.REGISTRY).
+DISTANCES = ("euclidean", "snr")
+# data_pipelines.DATA_SOURCES and data_pipelines.pipelines.INPUT_PIPELINES (checked by a test).
+DATA_SOURCES = ("files", "tfds")
+INPUT_PIPELINES = ("generator", "ingraph")
 FREEZE_BATCHNORM = {"auto": None, "true": True, "false": False}
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")

@@ -61,12 +61,26 @@ class _ProjectOnly(py_logging.Filter):
         return record.levelno > py_logging.INFO or record.pathname.startswith(PROJECT_DIRS)
 
 
+def _import_tensorflow_silently():
+    """Imports TensorFlow with file descriptor 2 on /dev/null: its native libraries print
+    (e.g. "Could not find cuda drivers") before TF_CPP_MIN_LOG_LEVEL takes effect."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def quiet_logs():
     """TensorFlow's C++ log off and other packages' INFO lines hidden, unless --verbosity."""
     if FLAGS["verbosity"].present:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.get_absl_handler().addFilter(_ProjectOnly())
+    _import_tensorflow_silently()
 
 
 def run(config):
@@ -77,8 +91,8 @@ def run(config):
     results = protocol.run(config)
     output_dir = config.run.output_dir
     if results.get("already_complete"):
-        print(f"{output_dir} already holds a complete run (delete its COMPLETE file to redo "
-              "the exports and report); its results:")
+        print(f"{output_dir} already holds a complete run; nothing to do (use another "
+              "--output_dir for a new run). Its results:")
     print(results["table"])
     print(f"results: {os.path.join(output_dir, 'results.json')}")
     if config.run.report:

@@ -21,6 +21,7 @@ COMPLETE_FILE = "COMPLETE"
 RESUME_FREE_FLAGS = frozenset({
     "output_dir", "progress_bar", "report", "export", "tsne_points", "data_dir", "repeats",
     "compute_nmi", "eval_batch_size", "skip_corrupt", "allow_partial", "cache_images",
+    "data_source",
 })
 
 
@@ -112,16 +113,19 @@ class RunLock:
         self.release()
 
 
-def check_config(config_dict, output_dir):
+def check_config(config_dict, output_dir, default_dict=None):
     """Refuses a folder holding a run with other training settings (nothing is written).
 
     Args:
       config_dict: ``{group: {flag: value}}`` (``ExperimentConfig.to_dict()``).
+      default_dict: the defaults in the same layout; a flag missing from a stored config.json
+        (written before the flag existed) counts as its default.
     """
     path = os.path.join(output_dir, CONFIG_FILE)
     if not os.path.exists(path):
         return
-    current, stored = _flatten(config_dict), _flatten(read_json(path))
+    current = _flatten(config_dict)
+    stored = {**_flatten(default_dict or {}), **_flatten(read_json(path))}
     changed = sorted(k for k in current if k not in RESUME_FREE_FLAGS
                      and json.loads(json.dumps(current[k])) != stored.get(k))
     if changed:

@@ -54,3 +54,5 @@ def test_a_locked_folder_is_refused_naming_the_holder(tmp_path):
     assert last.startswith("error: ") and f"pid {os.getpid()}" in last
     assert "2026-01-01T00:00" in last and "Traceback" not in out.stderr
     assert sorted(os.listdir(out_dir)) == ["run.lock"]  # nothing written
+    # Quiet by default: TensorFlow's native start-up lines are not shown.
+    assert "cuda" not in out.stderr.lower() and "InitializeLog" not in out.stderr

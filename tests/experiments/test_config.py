@@ -32,6 +32,9 @@ def test_registry_matches_the_library_and_the_data_sets():
     assert set(registry.DATASETS) == set(data_pipelines.LOADERS)
     assert set(registry.EMBEDDED_DATASETS) == set(data_pipelines.EMBEDDED)
     assert set(registry.LR_SCHEDULES) == set(ccp.training.LR_SCHEDULES)
+    assert set(registry.DISTANCES) == set(ccp.losses.distances.REGISTRY)
+    assert set(registry.DATA_SOURCES) == set(data_pipelines.DATA_SOURCES)
+    assert set(registry.INPUT_PIPELINES) == set(data_pipelines.pipelines.INPUT_PIPELINES)
     flag_choices = {name: f.metadata.get("choices") for name, _, f in config_lib.flag_fields()}
     assert flag_choices["loss"] == tuple(registry.LOSSES)
     assert flag_choices["backbone"] == tuple(registry.BACKBONES)
@@ -44,7 +47,7 @@ def test_every_registered_loss_builds_and_has_a_title(name):
     from ccp.losses.base import MetricLoss
 
     spec = registry.LOSSES[name]
-    loss = spec.build(config_lib.LossConfig(), 5, 8)
+    loss = spec.build(config_lib.LossConfig(), 5, 8, 0)
     assert isinstance(loss, MetricLoss)
     title = registry.method_title(name, ccp=spec.kind == registry.PAIR)
     assert title.startswith(spec.title) and title.endswith("-CCP") == (spec.kind == registry.PAIR)
@@ -71,6 +74,14 @@ def test_command_line_defaults_are_the_library_defaults():
         (cfg.loss.proxy_anchor_alpha, _default(losses.ProxyAnchorLoss, "alpha")),
         (cfg.loss.proxy_nca_temperature, _default(losses.ProxyNCALoss, "temperature")),
         (cfg.loss.soft_triple_centers, _default(losses.SoftTripleLoss, "centers_per_class")),
+        (cfg.loss.circle_margin, _default(losses.CircleLoss, "margin")),
+        (cfg.loss.circle_gamma, _default(losses.CircleLoss, "gamma")),
+        (cfg.loss.fastap_num_bins, _default(losses.FastAPLoss, "num_bins")),
+        (cfg.loss.rll_boundary, _default(losses.RankedListLoss, "boundary")),
+        (cfg.loss.rll_neg_temperature, _default(losses.RankedListLoss, "neg_temperature")),
+        (cfg.loss.rll_pos_temperature, _default(losses.RankedListLoss, "pos_temperature")),
+        (cfg.loss.distance, _default(losses.TripletLoss, "distance")),
+        (cfg.loss.rho_p_switch, _default(losses.TripletLoss, "p_switch")),
         (cfg.ccp.proxies_per_class, _default(losses.CCPLoss, "proxies_per_class")),
         (cfg.ccp.pair_weight, _default(losses.CCPLoss, "pair_weight")),
         (cfg.ccp.proxy_weight, _default(losses.CCPLoss, "proxy_weight")),

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import builders, protocol
+from experiments import builders, protocol, registry
 from experiments import config as config_lib
 from experiments import flags as flags_lib
 
@@ -38,7 +38,7 @@ def test_every_flagfile_parses_and_builds_its_loss(dataset_cfg, variant, tmp_pat
     if config.ccp.enabled:
         assert loss.proxies.shape == (6 * config.ccp.proxies_per_class,
                                       config.model.embedding_size)
-    if variant is None and not dataset_cfg.endswith("digits.cfg"):
+    if variant is None and config.data.dataset not in registry.EMBEDDED_DATASETS:
         assert config.loss.name == "contrastive" and config.ccp.enabled
         assert config.protocol.folds == 4
         assert config.model.backbone == "bn_inception" and config.optimizer.learning_rate == 1e-5

@@ -65,3 +65,15 @@ def test_completion_marker_vouches_for_its_artifacts(tmp_path):
     assert not run_folder.completed(folder)
     run_folder.mark_incomplete(folder)
     assert not os.path.exists(os.path.join(folder, run_folder.COMPLETE_FILE))
+
+
+def test_a_flag_added_later_counts_as_its_default(tmp_path):
+    config = config_lib.ExperimentConfig()
+    stored = config.to_dict()
+    del stored["loss"]["distance"]  # a config.json written before --distance existed
+    run_folder.store_config(stored, str(tmp_path))
+    defaults = config.to_dict()
+    run_folder.check_config(config.to_dict(), str(tmp_path), defaults)
+    with pytest.raises(config_lib.ConfigError, match=r"\(distance\)"):
+        run_folder.check_config(config.replace(distance="snr").to_dict(), str(tmp_path),
+                                defaults)

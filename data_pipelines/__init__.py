@@ -6,6 +6,7 @@ from data_pipelines import _layout
 from data_pipelines import cars196
 from data_pipelines import cub
 from data_pipelines import digits
+from data_pipelines import glyphs
 from data_pipelines import inshop
 from data_pipelines import sop
 from data_pipelines.augment import INPUT_CONVENTIONS
@@ -36,7 +37,9 @@ FILE_LOADERS = {  # read a user's copy; run _layout.Checks before returning
 LOADERS = {
     **FILE_LOADERS,
     "digits": digits.load,
+    "glyphs": glyphs.load,
 }
+EMBEDDED = ("digits", "glyphs")  # rendered here, no data_dir; loaders take image_size
 
 
 def load(name, data_dir=None, skip_corrupt=False, allow_partial=False, **kwargs):

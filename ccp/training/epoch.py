@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from ccp import metrics as metrics_lib
 from ccp.training import embedding as embedding_lib
+from ccp.training import health
 from ccp.training.events import ProgressBar
 
 __all__ = ["ProgressBar", "run_epoch", "validation_metrics"]
@@ -48,10 +49,13 @@ def run_epoch(step, iterator, steps_per_epoch, steps_per_execution, bar):
 
 def validation_metrics(model, dataset, strategy, recall_at):
     """Retrieval metrics of ``model`` on a finite ``(images, labels)`` dataset, the query set
-    being the reference set: dict of floats (``map_at_r``, ``r_precision``, ...)."""
+    being the reference set: dict of floats (``map_at_r``, ``r_precision``, ...), plus the
+    ``embedding_spread`` of the embeddings (``ccp.training.health``)."""
     embeddings, labels = embedding_lib.embed_dataset(model, dataset, strategy=strategy)
     if labels is None:
         raise ValueError("validation data must yield (images, labels)")
     results = metrics_lib.retrieval_metrics(embeddings, labels, recall_at=recall_at)
-    return {k: float(v) for k, v in results.items()
-            if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)}
+    results = {k: float(v) for k, v in results.items()
+               if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)}
+    results["embedding_spread"] = health.embedding_spread(embeddings)
+    return results

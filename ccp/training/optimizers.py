@@ -20,6 +20,11 @@ class AdamLRM(keras.optimizers.Adam):
 
     Multipliers are set per variable with :meth:`set_lr_multiplier` (identity-matched, so they
     are not part of the config; the trainer sets them after building the optimizer).
+
+    Keras has no public per-variable learning rate, and ``update_step`` receives the backend
+    variable (a per-replica component under ``tf.distribute``); the optimizer's own identity key
+    ``_var_key`` -- the one Keras' Adam uses to find its moment slots -- is the only key that
+    matches it in every case, so it is used here (the one private Keras API in ccp.training).
     """
 
     def __init__(self, learning_rate=1e-5, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
@@ -49,7 +54,9 @@ class AdamLRM(keras.optimizers.Adam):
 
 def inner_optimizer(optimizer):
     """The optimizer inside a ``LossScaleOptimizer`` (or the optimizer itself)."""
-    return getattr(optimizer, "inner_optimizer", optimizer)
+    if isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer):
+        return optimizer.inner_optimizer
+    return optimizer
 
 
 def build_optimizer(variables, learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7,

@@ -32,9 +32,11 @@ class TrainStep:
       gradient_transforms: list of ``(grads, variables) -> grads`` (global-batch gradients).
       strategy: the ``tf.distribute.Strategy`` the variables were created under.
       step_counter: int64 variable incremented once per step.
+      jit_compile: compile each replica's step (forward, gradient, transforms, update) with XLA.
     """
 
-    def __init__(self, model, loss, phase, gradient_transforms, strategy, step_counter):
+    def __init__(self, model, loss, phase, gradient_transforms, strategy, step_counter,
+                 jit_compile=False):
         self.model = model
         self.loss = loss
         self.variables = list(phase.variables)
@@ -44,6 +46,8 @@ class TrainStep:
         self.strategy = strategy
         self.step_counter = step_counter
         self.loss_scaled = isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer)
+        self._replica_fn = (tf.function(self.replica_step, jit_compile=True) if jit_compile
+                            else self.replica_step)
         self._single = tf.function(self._single_step)
         self._multi = tf.function(self._many_steps)
 
@@ -103,7 +107,7 @@ class TrainStep:
     # --- traced -------------------------------------------------------------------------------
     def _step(self, iterator):
         images, labels = next(iterator)
-        terms = self.strategy.run(self.replica_step, args=(images, labels))
+        terms = self.strategy.run(self._replica_fn, args=(images, labels))
         self.step_counter.assign_add(1)
         # Every replica holds the same global loss: take it from the first one.
         return {k: self.strategy.experimental_local_results(v)[0] for k, v in terms.items()}

@@ -21,6 +21,7 @@ from ccp.tracking import ImprovementTracker, PythonStateCheckpoint
 from ccp.training import checkpointing, distribution
 from ccp.training import epoch as epoch_lib
 from ccp.training import events as events_lib
+from ccp.training import health
 from ccp.training import optimizers as optimizers_lib
 from ccp.training.optimization import TRAIN
 from ccp.training.train_step import TrainStep
@@ -89,6 +90,18 @@ def _checkpointed(trainer):
     return objects
 
 
+def _initialize_proxies(trainer, pool_fn, has_validation, log):
+    """The CCP projection's initial proxies (SPEC §5.4), logged; nothing without a projection."""
+    if trainer.projection is None:
+        return
+    if not has_validation:
+        logging.warning("CCP without validation data: the projection schedule never runs (it "
+                        "is driven by the validation MAP@R)")
+    event = trainer.projection.initialize_proxies(pool_fn)
+    if event is not None:
+        log.write({**event, "epoch": int(trainer.state.epoch.numpy())})
+
+
 class Trainer:
     """Custom training loop for an embedding model and a ``ccp.losses`` loss layer.
 
@@ -109,13 +122,15 @@ class Trainer:
       progress_bar: a tqdm bar per epoch on stderr.
       steps_per_execution: train steps per ``tf.function`` call (the host reads the device
         once per call); the results do not depend on it.
+      jit_compile: compile the replica step with XLA (the TPU path; off by default on CPU/GPU).
     """
 
     def __init__(self, model, loss, optimization, *, strategy=None, projection=None,
                  steps_per_epoch=defaults.STEPS_PER_EPOCH, max_epochs=defaults.MAX_EPOCHS,
                  patience=defaults.EARLY_STOPPING_PATIENCE,
                  min_delta=defaults.EARLY_STOPPING_MIN_DELTA, checkpoint_dir=None, log_dir=None,
-                 recall_at=defaults.RECALL_AT, progress_bar=True, steps_per_execution=1):
+                 recall_at=defaults.RECALL_AT, progress_bar=True, steps_per_execution=1,
+                 jit_compile=False):
         if min(int(steps_per_epoch), int(max_epochs), int(steps_per_execution)) < 1:
             raise ValueError(f"steps_per_epoch, max_epochs and steps_per_execution must be >= 1,"
                              f" got {steps_per_epoch}, {max_epochs} and {steps_per_execution}")
@@ -134,7 +149,7 @@ class Trainer:
             self.state = TrainerState(list(model.weights) + self.loss_variables, patience,
                                       min_delta)
         self.steps = {name: TrainStep(model, loss, phase, optimization.gradient_transforms,
-                                      self.strategy, self.state.step)
+                                      self.strategy, self.state.step, jit_compile)
                       for name, phase in optimization.phases.items()}
         self.manager = checkpointing.Checkpointing(_checkpointed(self), checkpoint_dir,
                                                    self.strategy)
@@ -170,11 +185,7 @@ class Trainer:
         return distribution.distribute(self.strategy, dataset)
 
     def train_step(self, iterator, phase=TRAIN):
-        """One optimization step on the next batch of ``iterator`` (see :meth:`distribute`).
-
-        Returns:
-          dict of float32 scalar tensors, the loss terms of the global batch.
-        """
+        """One step on the next batch of ``iterator``: the loss terms (float32 scalars)."""
         return self.steps[phase].run(iterator, 1)[3]
 
     # --- the loop -----------------------------------------------------------------------------
@@ -196,6 +207,8 @@ class Trainer:
           ``projections`` (projection events), ``resumed_from``, ``seconds``.
         Raises:
           FloatingPointError: a non-finite loss; the last checkpoint (previous epoch) is kept.
+          ccp.training.health.TrainingCollapsed: a collapsed model (vanished gradient with a
+            stuck loss, or coinciding embeddings); the last checkpoint is kept.
         """
         started = time.time()
         resumed_from = self.restore()
@@ -205,7 +218,7 @@ class Trainer:
             def pool_fn(index):
                 return proxy_pool_fn(self.model, index)
         try:
-            self._initialize_proxies(pool_fn, validation_data is not None, log)
+            _initialize_proxies(self, pool_fn, validation_data is not None, log)
             stop_reason = self._epochs(train_dataset_fn, validation_data, pool_fn, log,
                                        callbacks)
         finally:
@@ -220,16 +233,6 @@ class Trainer:
                 "history": log.of_type("epoch"), "projections": log.of_type("projection"),
                 "resumed_from": resumed_from, "seconds": time.time() - started}
 
-    def _initialize_proxies(self, pool_fn, has_validation, log):
-        if self.projection is None:
-            return
-        if not has_validation:
-            logging.warning("CCP without validation data: the projection schedule never runs "
-                            "(it is driven by the validation MAP@R)")
-        event = self.projection.initialize_proxies(pool_fn)
-        if event is not None:
-            log.write({**event, "epoch": int(self.state.epoch.numpy())})
-
     def _stopped_early(self):
         return self.state.best_epoch > 0 and self.state.early_stopping.exhausted
 
@@ -243,6 +246,10 @@ class Trainer:
             epoch = int(self.state.epoch.numpy()) + 1
             record = self._train_epoch(iterator, epoch)
             metric = self._validate(validation_data, record)
+            symptom = health.collapse_symptom(record)
+            if symptom is not None:
+                raise health.TrainingCollapsed(health.collapse_message(
+                    epoch, symptom, record, self.manager.latest_checkpoint))
             self._decide(epoch, metric, record, pool_fn, log)
             self.state.epoch.assign(epoch)
             log.write(record)

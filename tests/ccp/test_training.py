@@ -1,5 +1,6 @@
 """ccp.training: gradient transforms, optimizer, schedules, the Trainer loop, checkpoints,
 NaN handling, distribution and mixed precision. Tiny Dense models on synthetic clustered data."""
+import functools
 import json
 import os
 
@@ -101,6 +102,13 @@ def make_trainer(model=None, loss=None, projection_args=None, strategy=None, **k
                                                    **optimization_args)
         return training.Trainer(model, loss, optimization, strategy=strategy, projection=proj,
                                 **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def two_cpu_strategy():
+    """One MirroredStrategy over the two logical CPUs for every test of the process: separate
+    instances would hand out the same collective instance keys for different collectives."""
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
 def gradients(trainer, images, labels):
@@ -376,7 +384,7 @@ def test_two_replicas_match_one_replica_on_the_concatenated_batch():
     images, labels = batch_at(3)
     single = make_trainer(model=make_model(batchnorm=False, seed=1), clip_norm=1.0,
                           learning_rate=0.01)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_cpu_strategy()
     with strategy.scope():
         model = make_model(batchnorm=False, seed=1)
         mirrored = make_trainer(model=model, strategy=strategy, clip_norm=1.0,

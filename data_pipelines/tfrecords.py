@@ -63,4 +63,7 @@ def read_examples(files, lengths, features, wanted=None):
             "found); the copy is incomplete: prepare it again")
     order = np.argsort(found, kind="stable")
     rows = order if wanted is None else order[np.searchsorted(found[order], wanted)]
-    return {key: tf.gather(tf.concat(parts[key], axis=0), rows) for key in features}
+    values = {key: tf.concat(parts[key], axis=0) for key in features}
+    if np.array_equal(rows, np.arange(rows.size)):  # already in order: no copy of the bytes
+        return values
+    return {key: tf.gather(value, rows) for key, value in values.items()}

@@ -95,9 +95,29 @@ def test_full_config_checks_the_published_sizes(cub_dir, tmp_path):
 
 
 def test_manual_dir_and_source_errors(tmp_path):
-    with pytest.raises(Exception, match="Stanford_Online_Products"):
+    with pytest.raises(AssertionError, match=r"(?s)does not exist.*Stanford_Online_Products"):
         tfds_builders.prepare("sop", tmp_path / "not_downloaded", str(tmp_path))
     with pytest.raises(ValueError, match="data_source"):
         data_pipelines.load("cub", str(tmp_path), data_source="tfrecord")
     with pytest.raises(ValueError, match="embedded"):
         data_pipelines.load("digits", None, data_source="tfds")
+
+
+def test_read_examples_across_shards_in_any_order(tmp_path):
+    files, lengths, number = [], [4, 1, 3], 0
+    for shard, length in enumerate(lengths):
+        files.append(str(tmp_path / f"shard-{shard}.tfrecord"))
+        with tf.io.TFRecordWriter(files[-1]) as writer:
+            for _ in range(length):
+                writer.write(tf.train.Example(features=tf.train.Features(feature={
+                    tfrecords.LABEL: tf.train.Feature(int64_list=tf.train.Int64List(
+                        value=[100 + number]))})).SerializeToString())
+                number += 1
+    label = {tfrecords.LABEL: tf.io.FixedLenFeature([], tf.int64)}
+    everything = tfrecords.read_examples(files, lengths, label)[tfrecords.LABEL].numpy()
+    np.testing.assert_array_equal(everything, 100 + np.arange(8))
+    wanted = [7, 0, 4, 7, 2]
+    picked = tfrecords.read_examples(files, lengths, label, wanted)[tfrecords.LABEL].numpy()
+    np.testing.assert_array_equal(picked, 100 + np.array(wanted))
+    with pytest.raises(ValueError, match="incomplete"):
+        tfrecords.read_examples(files, [4, 2, 3], label)

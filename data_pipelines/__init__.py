@@ -9,8 +9,6 @@ from data_pipelines import digits
 from data_pipelines import glyphs
 from data_pipelines import inshop
 from data_pipelines import sop
-from data_pipelines.augment import INPUT_CONVENTIONS
-from data_pipelines.augment import apply_input_convention
 from data_pipelines.augment import eval_transform
 from data_pipelines.augment import train_transform
 from data_pipelines.folds import Fold
@@ -40,17 +38,20 @@ LOADERS = {
     "glyphs": glyphs.load,
 }
 EMBEDDED = ("digits", "glyphs")  # rendered here, no data_dir; loaders take image_size
+DATA_SOURCES = ("files", "tfds")  # where load() reads a FILE_LOADERS data set from
 
 
-def load(name, data_dir=None, skip_corrupt=False, allow_partial=False, **kwargs):
+def load(name, data_dir=None, skip_corrupt=False, allow_partial=False, data_source="files",
+         **kwargs):
     """DatasetSplits of data set `name` read from `data_dir` (SPEC §7).
 
     A file data set (FILE_LOADERS) is fully checked before this returns: layout, listed files,
     the official class split, the published sizes, and every image decoded once (cached).
 
     Args:
-      name: one of LOADERS ("cub", "cars196", "sop", "inshop", "digits").
-      data_dir: the data set's root folder or its parent; None for "digits".
+      name: one of LOADERS ("cub", "cars196", "sop", "inshop", "digits", "glyphs").
+      data_dir: the data set's root folder or its parent; None for EMBEDDED ("digits",
+        "glyphs"; glyphs also takes samples_per_face, seed, split_seed, render_cache_dir).
       skip_corrupt: drop images that do not decode (one warning naming the count and the file
         listing them) instead of raising CorruptImageError.
       allow_partial: accept a copy smaller than the published one (missing files dropped, one
@@ -58,9 +59,22 @@ def load(name, data_dir=None, skip_corrupt=False, allow_partial=False, **kwargs)
       **kwargs: loader options: the other fields of _layout.Checks (cache_dir, report_path,
         check_files, check_images) and `expected` for file data sets; digits: image_size.
         Embedded data sets (no files) ignore the check options.
+      data_source: "files" reads the downloaded folder `data_dir`; "tfds" reads the prepared
+        TFDS copy (data_pipelines.tfds_builders) in the TFDS data folder `data_dir`: the same
+        records, labels and order, images read from its TFRecord shards (the copy was checked
+        when prepared, so skip_corrupt and the check options do not apply; allow_partial reads
+        the "partial" copy).
     """
     if name not in LOADERS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {sorted(LOADERS)}")
+    if data_source not in DATA_SOURCES:
+        raise ValueError(f"unknown data_source {data_source!r}; expected one of {DATA_SOURCES}")
+    if data_source == "tfds":
+        if name not in FILE_LOADERS:
+            raise ValueError(f"data_source='tfds' needs one of {sorted(FILE_LOADERS)}, got "
+                             f"{name!r} (embedded data sets are generated, not prepared)")
+        from data_pipelines import tfds_builders  # imports tensorflow_datasets: only when asked
+        return tfds_builders.load_prepared(name, data_dir, allow_partial=allow_partial)
     checks = {"skip_corrupt": skip_corrupt, "allow_partial": allow_partial}
     if name in FILE_LOADERS:
         return FILE_LOADERS[name](data_dir, **checks, **kwargs)

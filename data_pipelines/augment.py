@@ -4,58 +4,12 @@ Train: random-resized crop (16%-100% of the area, aspect ratio 3/4-4/3) resized 
 `image_size`, then a random horizontal flip. Eval: resize the shorter side to `resize_size`
 (default round(image_size * 256 / 227), i.e. 256 for 227), center crop `image_size`.
 All randomness is stateless: a transform is a pure function of its image and its seed [2].
-Outputs are float32 RGB in [0, 255]; :func:`apply_input_convention` maps them to what a backbone
-expects.
+Outputs are float32 RGB in [0, 255] (the ccp models normalize their own inputs).
 """
 import tensorflow as tf
 
 ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 MAX_CROP_ATTEMPTS = 10
-
-# BN-Inception (Caffe) per-channel means in BGR order.
-BN_INCEPTION_MEAN_BGR = (104.0, 117.0, 128.0)
-# keras.applications.resnet50.preprocess_input, "caffe" mode: ImageNet means in BGR order.
-RESNET50_MEAN_BGR = (103.939, 116.779, 123.68)
-
-
-def _none(images):
-    return images
-
-
-def _bn_inception(images):
-    return images[..., ::-1] - tf.constant(BN_INCEPTION_MEAN_BGR, images.dtype)
-
-
-def _resnet50(images):
-    return images[..., ::-1] - tf.constant(RESNET50_MEAN_BGR, images.dtype)
-
-
-def _unit(images):
-    return images / tf.constant(255.0, images.dtype)
-
-
-INPUT_CONVENTIONS = {
-    "none": _none,  # RGB 0..255 unchanged (the ccp models normalize their own inputs)
-    "bn_inception": _bn_inception,  # BGR 0..255 minus [104, 117, 128]
-    "resnet50": _resnet50,  # Keras "caffe" mode: BGR minus the ImageNet means
-    "unit": _unit,  # RGB / 255
-}
-
-
-def input_convention_fn(convention):
-    """The function of `convention`; ValueError listing the valid names for an unknown one."""
-    if convention not in INPUT_CONVENTIONS:
-        raise ValueError(
-            f"unknown input_convention {convention!r}; expected one of "
-            f"{', '.join(sorted(INPUT_CONVENTIONS))}"
-        )
-    return INPUT_CONVENTIONS[convention]
-
-
-def apply_input_convention(images, convention):
-    """float32 RGB [..., 3] in [0, 255] -> the backbone's input convention (same shape)."""
-    return input_convention_fn(convention)(tf.convert_to_tensor(images, tf.float32))
-
 
 def default_resize_size(image_size):
     """Shorter side before the eval center crop: 256 for 227 (SPEC §6), scaled for others."""

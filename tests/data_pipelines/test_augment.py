@@ -1,5 +1,4 @@
-"""SPEC §6 transforms: crop area / aspect bounds, eval center crop, input conventions."""
-import keras
+"""SPEC §6 transforms: crop area / aspect bounds, eval center crop."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -59,18 +58,3 @@ def test_eval_resizes_shorter_side_and_center_crops():
     assert augment.default_resize_size(227) == 256
     with pytest.raises(ValueError, match="resize_size"):
         augment.eval_transform(image, image_size=32, resize_size=20)
-
-
-def test_input_conventions():
-    rgb = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype(np.float32)
-    np.testing.assert_allclose(augment.apply_input_convention(rgb, "none"), rgb)
-    np.testing.assert_allclose(augment.apply_input_convention(rgb, "unit"), rgb / 255.0,
-                               rtol=1e-6)
-    bgr = rgb[..., ::-1] - np.array([104.0, 117.0, 128.0], np.float32)
-    np.testing.assert_allclose(augment.apply_input_convention(rgb, "bn_inception"), bgr,
-                               atol=1e-4)
-    expected = keras.applications.resnet50.preprocess_input(rgb.copy())
-    np.testing.assert_allclose(augment.apply_input_convention(rgb, "resnet50"), expected,
-                               atol=1e-4)
-    with pytest.raises(ValueError, match="bn_inception"):
-        augment.apply_input_convention(rgb, "imagenet")

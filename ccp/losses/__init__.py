@@ -9,6 +9,13 @@ from ccp.losses.pair import (ContrastiveLoss, CosineContrastiveLoss, MarginLoss,
 from ccp.losses.proxy import ProxyAnchorLoss, ProxyLoss, ProxyNCALoss, SoftTripleLoss
 from ccp.losses.ranked_list import RankedListLoss
 from ccp.losses.xbm import CrossBatchMemory
+# The reference's other losses, miners and composition switches (issue 15).
+from ccp.losses import miners
+from ccp.losses.composition import ProxyPairLoss, SquaredEuclideanDistance
+from ccp.losses.mdr import MultiLevelDistanceRegularization
+from ccp.losses.proxy_synthesis import ProxySynthesisLoss
+from ccp.losses.softmax import NormalizedSoftmaxLoss, VirtualSoftmaxLoss
+from ccp.losses.weighted import WeightedLoss
 
 __all__ = [
     "CCPLoss", "ContrastiveLoss", "CosineContrastiveLoss", "CrossBatchMemory", "MarginLoss",
@@ -16,4 +23,8 @@ __all__ = [
     "ProxyNCALoss", "SoftTripleLoss", "TripletLoss", "mean_of_positive_terms",
     # Literature losses and distances (issue 17).
     "CircleLoss", "Distance", "EuclideanDistance", "FastAPLoss", "RankedListLoss", "SNRDistance",
+    # The reference's other losses, miners and switches (issue 15).
+    "MultiLevelDistanceRegularization", "NormalizedSoftmaxLoss", "ProxyPairLoss",
+    "ProxySynthesisLoss", "SquaredEuclideanDistance", "VirtualSoftmaxLoss", "WeightedLoss",
+    "miners",
 ]

@@ -8,12 +8,17 @@ float32 even under a mixed-precision policy.
 import keras
 import tensorflow as tf
 
-from ccp import ops
+from ccp import defaults, ops
 from ccp.layers import lipschitz_l2_normalize
+from ccp.losses import miners
 
 
-def mean_of_positive_terms(terms, mask):
+def mean_of_positive_terms(terms, mask, nonzero_only=True):
     """Sum of the terms that are > 0 (inside ``mask``) over their count (+1e-16), SPEC §4.
+
+    With ``nonzero_only=False`` the sum is divided by the number of entries of ``terms``
+    instead (pairs or not): the reference's ``avg_nonzero_only=False`` (``reduce_mean`` of the
+    masked terms over the whole matrix).
 
     Args:
       terms: float ``[...]``; mask: bool ``[...]`` (the pairs/triplets that exist).
@@ -21,6 +26,8 @@ def mean_of_positive_terms(terms, mask):
       float scalar.
     """
     active = tf.stop_gradient(tf.cast(tf.logical_and(mask, terms > 0.0), terms.dtype))
+    if not nonzero_only:
+        return tf.reduce_sum(terms * active) / tf.cast(tf.size(terms), terms.dtype)
     return tf.reduce_sum(terms * active) / (tf.reduce_sum(active) + 1e-16)
 
 
@@ -64,7 +71,70 @@ class PairLoss(MetricLoss):
     ``compute(embeddings, labels, ref_embeddings=None, ref_labels=None)`` works on
     ALREADY-normalized vectors: without a reference set the batch is compared with itself
     (self-pairs excluded); reference labels < 0 are padding and form no pair.
+
+    Composition switches of the reference's pair-loss head, common to every pair loss:
+      miner: None or a ``ccp.losses.miners.Miner`` (or its registered name): keeps a subset of
+        the pairs of every call, in the batch term and in CCP's / XBM's reference terms alike.
+        Subclasses that build their masks with :meth:`pair_masks` set ``supports_miner``.
+      average_nonzero_only: True (the reference's default) averages the hinge terms over the
+        non-zero ones; False over all entries of the pair matrix (triplet cube), as the
+        reference's ``avg_nonzero_only=False``. Only losses that average over non-zero terms
+        (``supports_average_all``) accept False.
+    Squared distances are the distance ``ccp.losses.SquaredEuclideanDistance()``; the
+    single-proxy variant and intra-proxy pairs are ``ccp.losses.ProxyPairLoss``.
     """
+
+    supports_miner = False
+    supports_average_all = False
+
+    def __init__(self, miner=defaults.MINER, average_nonzero_only=defaults.AVERAGE_NONZERO_ONLY,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.miner = miners.get(miner)
+        self.average_nonzero_only = bool(average_nonzero_only)
+        name = type(self).__name__
+        if self.miner is not None and not self.supports_miner:
+            raise ValueError(f"{name} does not take a miner (miner={miner!r}); the pair losses "
+                             "that do have supports_miner = True")
+        if not self.average_nonzero_only and not self.supports_average_all:
+            raise ValueError(f"{name} does not average over non-zero terms, so "
+                             "average_nonzero_only=False has no meaning for it")
+        if self.miner is not None and self.miner.stochastic:
+            # Counter-based draws (as ccp.losses.rho): checkpointed, the same on every replica.
+            self.miner_counter = self.add_weight(
+                shape=(), dtype="int64", initializer="zeros", trainable=False, autocast=False,
+                aggregation="only_first_replica", name="miner_counter")
+
+    @property
+    def default_head(self):
+        """True when no composition switch is on (CCP's fused C2 path requires it)."""
+        return self.miner is None and self.average_nonzero_only
+
+    def pair_masks(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
+        """``ops.pair_masks`` followed by the miner, if any: ``(pos, neg)`` bool ``[N, M]``.
+
+        Args:
+          embeddings: normalized queries ``[N, D]``; ref_embeddings ``[M, D]`` or None.
+        """
+        pos, neg = ops.pair_masks(labels, ref_labels)
+        if self.miner is None:
+            return pos, neg
+        seed = None
+        if self.miner.stochastic:
+            step = tf.convert_to_tensor(self.miner_counter)
+            seed = tf.stack([tf.constant(self.miner.seed, tf.int64), step])
+            with tf.control_dependencies([seed]):
+                self.miner_counter.assign_add(1)
+        pos, neg = self.miner(embeddings, ref_embeddings, pos, neg, seed=seed)
+        return tf.stop_gradient(pos), tf.stop_gradient(neg)
+
+    def get_config(self):
+        config = super().get_config()
+        if self.miner is not None:
+            config["miner"] = miners.serialize(self.miner)
+        if not self.average_nonzero_only:
+            config["average_nonzero_only"] = False
+        return config
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
         raise NotImplementedError

@@ -121,8 +121,9 @@ def fused_contrastive_ccp(labels, embeddings, proxies, proxy_labels, pos_margin,
 
 
 def _is_euclidean_contrastive(loss):
-    """Whether ``loss`` is exactly C2 on the Euclidean distance (no added regularizer)."""
-    if type(loss) is not ContrastiveLoss:
+    """Whether ``loss`` is exactly C2 on the Euclidean distance (no added regularizer, no miner,
+    the default reduction)."""
+    if type(loss) is not ContrastiveLoss or not loss.default_head:
         return False
     distance = getattr(loss, "distance", None)
     return distance is None or getattr(distance, "name", None) == "euclidean"

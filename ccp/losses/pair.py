@@ -8,19 +8,20 @@ import keras
 import tensorflow as tf
 
 from ccp import ops
-from ccp.losses import distances
+from ccp.losses import distances, miners
 from ccp.losses.base import PairLoss, mean_of_positive_terms
 from ccp.losses.rho import RhoSwitchMixin
 
 
-def contrastive(dists, pos_mask, neg_mask, pos_margin, neg_margin):
+def contrastive(dists, pos_mask, neg_mask, pos_margin, neg_margin, nonzero_only=True):
     """C2 (SPEC §4): mean of non-zero ``relu(d - m+)`` + mean of non-zero ``relu(m- - d)``.
 
     Args:
       dists: float ``[N, M]`` L2 distances; pos_mask, neg_mask: bool ``[N, M]``.
+      nonzero_only: False divides each sum by ``N * M`` (``mean_of_positive_terms``).
     """
-    pos = mean_of_positive_terms(dists - pos_margin, pos_mask)
-    neg = mean_of_positive_terms(neg_margin - dists, neg_mask)
+    pos = mean_of_positive_terms(dists - pos_margin, pos_mask, nonzero_only)
+    neg = mean_of_positive_terms(neg_margin - dists, neg_mask, nonzero_only)
     return pos + neg
 
 
@@ -37,7 +38,7 @@ def cosine_contrastive(sims, pos_mask, neg_mask, margin, eps=1e-5):
     return total / tf.cast(tf.shape(sims)[0], sims.dtype)
 
 
-def triplet(dists, pos_mask, neg_mask, margin):
+def triplet(dists, pos_mask, neg_mask, margin, nonzero_only=True):
     """All valid triplets ``(a, p, n)``: mean of non-zero ``relu(d(a,p) - d(a,n) + m)`` (SPEC §4).
 
     Exact, in ``[N, M]`` memory (never the ``[N, M, M]`` triplet cube, which CCP's proxy bank at
@@ -50,6 +51,8 @@ def triplet(dists, pos_mask, neg_mask, margin):
 
     Args:
       dists: float ``[N, M]``; pos_mask, neg_mask: bool ``[N, M]``.
+      nonzero_only: False divides the sum by the ``N * M * M`` entries of the triplet cube (the
+        reference's ``avg_nonzero_only=False``).
     """
     infinity = tf.constant(float("inf"), dists.dtype)
     # Non-negatives sort to the end as +inf, so a finite threshold never counts them.
@@ -63,6 +66,9 @@ def triplet(dists, pos_mask, neg_mask, margin):
     active_sum = tf.gather(prefix, counts, batch_dims=1)
     counts = tf.stop_gradient(tf.cast(counts, dists.dtype))
     total = tf.reduce_sum(counts * (dists + margin) - active_sum)
+    if not nonzero_only:
+        shape = tf.cast(tf.shape(dists), dists.dtype)
+        return total / (shape[0] * shape[1] * shape[1])
     return total / (tf.reduce_sum(counts) + 1e-16)
 
 
@@ -75,11 +81,7 @@ def multi_similarity(sims, pos_mask, neg_mask, alpha, beta, base, mining=False, 
     ``s < max_neg_s + epsilon``.
     """
     if mining:
-        big = tf.constant(1e9, sims.dtype)
-        min_pos = tf.reduce_min(tf.where(pos_mask, sims, big), axis=1, keepdims=True)
-        max_neg = tf.reduce_max(tf.where(neg_mask, sims, -big), axis=1, keepdims=True)
-        neg_mask = tf.logical_and(neg_mask, sims + epsilon > min_pos)
-        pos_mask = tf.logical_and(pos_mask, sims - epsilon < max_neg)
+        pos_mask, neg_mask = miners.multi_similarity(sims, pos_mask, neg_mask, epsilon)
     pos_mask, neg_mask = tf.stop_gradient(pos_mask), tf.stop_gradient(neg_mask)
     # log(1 + sum exp(z)) over a masked row = logsumexp over [0, z_masked...]: stable.
     def soft_plus_sum(z, mask):
@@ -91,7 +93,7 @@ def multi_similarity(sims, pos_mask, neg_mask, alpha, beta, base, mining=False, 
     return tf.reduce_mean(pos + neg)
 
 
-def margin_loss(dists, pos_mask, neg_mask, margin, beta):
+def margin_loss(dists, pos_mask, neg_mask, margin, beta, nonzero_only=True):
     """Margin loss (Wu et al., "Sampling matters"): ``relu(margin + y (d - beta))``.
 
     Reduced as the reference: mean of the non-zero positive terms + mean of the non-zero
@@ -101,8 +103,8 @@ def margin_loss(dists, pos_mask, neg_mask, margin, beta):
       dists: float ``[N, M]``; masks bool ``[N, M]``;
       beta: float ``[N, 1]`` (the anchor row's class boundary) or a scalar.
     """
-    pos = mean_of_positive_terms(dists - beta + margin, pos_mask)
-    neg = mean_of_positive_terms(beta - dists + margin, neg_mask)
+    pos = mean_of_positive_terms(dists - beta + margin, pos_mask, nonzero_only)
+    neg = mean_of_positive_terms(beta - dists + margin, neg_mask, nonzero_only)
     return pos + neg
 
 
@@ -111,8 +113,11 @@ class ContrastiveLoss(PairLoss):
     """C2: contrastive loss with two margins (SPEC §4).
 
     ``distance``: "euclidean" (default), "snr" or a ``ccp.losses.distances.Distance``; its
-    regularizer (SNR: zero-mean) is added on the query embeddings.
+    regularizer (SNR: zero-mean) is added on the query embeddings. ``miner`` and
+    ``average_nonzero_only``: the composition switches of ``PairLoss``.
     """
+
+    supports_miner = supports_average_all = True
 
     def __init__(self, pos_margin=0.0, neg_margin=0.5, distance="euclidean", **kwargs):
         super().__init__(**kwargs)
@@ -121,8 +126,9 @@ class ContrastiveLoss(PairLoss):
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
         dists = self.distance(embeddings, ref_embeddings)
-        pos, neg = ops.pair_masks(labels, ref_labels)
-        loss = contrastive(dists, pos, neg, self.pos_margin, self.neg_margin)
+        pos, neg = self.pair_masks(embeddings, labels, ref_embeddings, ref_labels)
+        loss = contrastive(dists, pos, neg, self.pos_margin, self.neg_margin,
+                           self.average_nonzero_only)
         return loss + self.distance.regularizer(embeddings)
 
     def get_config(self):
@@ -132,7 +138,9 @@ class ContrastiveLoss(PairLoss):
 
 @keras.saving.register_keras_serializable(package="ccp")
 class CosineContrastiveLoss(PairLoss):
-    """C1: cosine contrastive loss of XBM (SPEC §4)."""
+    """C1: cosine contrastive loss of XBM (SPEC §4); takes a ``miner``."""
+
+    supports_miner = True
 
     def __init__(self, margin=0.5, **kwargs):
         super().__init__(**kwargs)
@@ -140,7 +148,7 @@ class CosineContrastiveLoss(PairLoss):
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
         sims = ops.pairwise_similarities(embeddings, ref_embeddings)
-        pos, neg = ops.pair_masks(labels, ref_labels)
+        pos, neg = self.pair_masks(embeddings, labels, ref_embeddings, ref_labels)
         return cosine_contrastive(sims, pos, neg, self.margin)
 
     def get_config(self):
@@ -153,7 +161,10 @@ class TripletLoss(RhoSwitchMixin, PairLoss):
 
     ``distance``: as ``ContrastiveLoss``. ``p_switch`` > 0 turns on rho-regularization
     (``ccp.losses.rho``, paper value 0.2), drawn from ``switch_seed`` and a checkpointed counter.
+    ``miner`` / ``average_nonzero_only``: as ``PairLoss`` (the miner runs before the switch).
     """
+
+    supports_miner = supports_average_all = True
 
     def __init__(self, margin=0.1, distance="euclidean", p_switch=0.0, switch_seed=0, **kwargs):
         super().__init__(**kwargs)
@@ -163,9 +174,10 @@ class TripletLoss(RhoSwitchMixin, PairLoss):
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
         dists = self.distance(embeddings, ref_embeddings)
-        pos, neg = ops.pair_masks(labels, ref_labels)
+        pos, neg = self.pair_masks(embeddings, labels, ref_embeddings, ref_labels)
         dists, pos, neg = self._maybe_switch(dists, pos, neg)
-        return triplet(dists, pos, neg, self.margin) + self.distance.regularizer(embeddings)
+        loss = triplet(dists, pos, neg, self.margin, self.average_nonzero_only)
+        return loss + self.distance.regularizer(embeddings)
 
     def get_config(self):
         return {**super().get_config(), "margin": self.margin,
@@ -174,7 +186,13 @@ class TripletLoss(RhoSwitchMixin, PairLoss):
 
 @keras.saving.register_keras_serializable(package="ccp")
 class MultiSimilarityLoss(PairLoss):
-    """Multi-similarity loss; no pair mining by default, as the reference (SPEC §4)."""
+    """Multi-similarity loss; no pair mining by default, as the reference (SPEC §4).
+
+    ``mining=True`` is the MS paper's mining step (``miners.multi_similarity``); any other
+    ``miner`` runs before it.
+    """
+
+    supports_miner = True
 
     def __init__(self, alpha=2.0, beta=40.0, base=0.5, mining=False, mining_epsilon=0.1, **kwargs):
         super().__init__(**kwargs)
@@ -183,7 +201,7 @@ class MultiSimilarityLoss(PairLoss):
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
         sims = ops.pairwise_similarities(embeddings, ref_embeddings)
-        pos, neg = ops.pair_masks(labels, ref_labels)
+        pos, neg = self.pair_masks(embeddings, labels, ref_embeddings, ref_labels)
         return multi_similarity(sims, pos, neg, self.alpha, self.beta, self.base,
                                 self.mining, self.mining_epsilon)
 
@@ -203,7 +221,10 @@ class MarginLoss(RhoSwitchMixin, PairLoss):
       nu: weight of the paper's ``nu * beta`` regularizer (mean beta of the anchor rows).
       distance: as ``ContrastiveLoss``.
       p_switch, switch_seed: rho-regularization as ``TripletLoss``.
+      miner, average_nonzero_only: as ``PairLoss`` (the miner runs before the switch).
     """
+
+    supports_miner = supports_average_all = True
 
     def __init__(self, margin=0.2, beta_init=1.2, num_classes=None, nu=0.0, distance="euclidean",
                  p_switch=0.0, switch_seed=0, **kwargs):
@@ -221,7 +242,7 @@ class MarginLoss(RhoSwitchMixin, PairLoss):
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
         dists = self.distance(embeddings, ref_embeddings)
-        pos, neg = ops.pair_masks(labels, ref_labels)
+        pos, neg = self.pair_masks(embeddings, labels, ref_embeddings, ref_labels)
         dists, pos, neg = self._maybe_switch(dists, pos, neg)
         if self.num_classes is None:
             beta = tf.convert_to_tensor(self.beta)
@@ -231,7 +252,8 @@ class MarginLoss(RhoSwitchMixin, PairLoss):
             beta = beta_rows[:, None]
             beta_mean = tf.reduce_mean(beta_rows)
         # The paper's nu * beta regularizer, added unconditionally as the reference does.
-        loss = margin_loss(dists, pos, neg, self.margin, beta) + self.nu * beta_mean
+        loss = (margin_loss(dists, pos, neg, self.margin, beta, self.average_nonzero_only)
+                + self.nu * beta_mean)
         return loss + self.distance.regularizer(embeddings)
 
     def get_config(self):

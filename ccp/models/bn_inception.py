@@ -25,7 +25,14 @@ Weights load from a local file with :func:`load_weights`, matched by layer name:
 - a Keras-written ``.h5`` (Keras 2 ``layer_names``/``weight_names`` layout, also inside a
   full-model file's ``model_weights`` group) or Keras 3 ``.weights.h5`` of this backbone.
 Missing, unexpected or mis-shaped entries raise a ValueError that lists them.
+
+The input mean belongs to the weights (SPEC §6): the Caffe-converted checkpoint was trained on
+BGR minus (104, 117, 128), the reference code's Keras BN-Inception gets BGR minus 255 x the
+ImageNet RGB mean (103.53, 116.28, 123.675). A converted ``.npz`` records it (and the
+BatchNorm epsilon of its network) under ``meta/``; :func:`read_weight_metadata` reads it back,
+with the Caffe values for files that carry none.
 """
+import json
 import math
 import os
 
@@ -39,6 +46,12 @@ BN_MOMENTUM = 0.9
 NUM_FEATURES = 1024
 DEFAULT_WEIGHTS_FILE = "bn_inception_imagenet.npz"
 WEIGHTS_DIR_ENV = "CCP_WEIGHTS_DIR"
+# Per-channel input means, BGR order, 0..255 scale (SPEC §6).
+CAFFE_BGR_MEAN = (104.0, 117.0, 128.0)
+REFERENCE_BGR_MEAN = tuple(255.0 * m for m in (0.406, 0.456, 0.485))  # ImageNet RGB, reversed
+META_PREFIX = "meta/"
+META_INPUT_MEAN = META_PREFIX + "input_mean_bgr"
+META_BN_EPSILON = META_PREFIX + "bn_epsilon"
 
 # Inception blocks of the checkpoint:
 #   (name, 1x1, (3x3 reduce, 3x3), (double 3x3 reduce, double 3x3 #1, double 3x3 #2),
@@ -100,11 +113,11 @@ def _feature_map_sizes(image_size):
             "inception_4e": block3c // 2}
 
 
-def _conv_bn_relu(x, filters, kernel, name, stride=1, pad=0):
+def _conv_bn_relu(x, filters, kernel, name, stride=1, pad=0, bn_epsilon=BN_EPSILON):
     if pad:
         x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
     x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="valid", name=name)(x)
-    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM,
+    x = keras.layers.BatchNormalization(epsilon=bn_epsilon, momentum=BN_MOMENTUM,
                                         name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
@@ -118,16 +131,18 @@ def _ceil_max_pool(x, name, pool=3, stride=2):
     return keras.layers.MaxPooling2D(pool, stride, padding="valid", name=name)(x)
 
 
-def _inception_block(x, spec):
+def _inception_block(x, spec, bn_epsilon):
     name, n1x1, (r3, n3), (rd, d1, d2), pool_type, proj, stride = spec
+    eps = dict(bn_epsilon=bn_epsilon)
     branches = []
     if n1x1:
-        branches.append(_conv_bn_relu(x, n1x1, 1, f"{name}_1x1"))
-    b = _conv_bn_relu(x, r3, 1, f"{name}_3x3_reduce")
-    branches.append(_conv_bn_relu(b, n3, 3, f"{name}_3x3", stride=stride, pad=1))
-    b = _conv_bn_relu(x, rd, 1, f"{name}_double_3x3_reduce")
-    b = _conv_bn_relu(b, d1, 3, f"{name}_double_3x3_1", pad=1)
-    branches.append(_conv_bn_relu(b, d2, 3, f"{name}_double_3x3_2", stride=stride, pad=1))
+        branches.append(_conv_bn_relu(x, n1x1, 1, f"{name}_1x1", **eps))
+    b = _conv_bn_relu(x, r3, 1, f"{name}_3x3_reduce", **eps)
+    branches.append(_conv_bn_relu(b, n3, 3, f"{name}_3x3", stride=stride, pad=1, **eps))
+    b = _conv_bn_relu(x, rd, 1, f"{name}_double_3x3_reduce", **eps)
+    b = _conv_bn_relu(b, d1, 3, f"{name}_double_3x3_1", pad=1, **eps)
+    branches.append(_conv_bn_relu(b, d2, 3, f"{name}_double_3x3_2", stride=stride, pad=1,
+                                  **eps))
     if stride == 2:
         branches.append(_ceil_max_pool(x, f"{name}_pool"))
     else:
@@ -135,11 +150,11 @@ def _inception_block(x, spec):
         pool_layer = (keras.layers.AveragePooling2D if pool_type == "avg"
                       else keras.layers.MaxPooling2D)
         p = pool_layer(3, 1, padding="valid", name=f"{name}_pool")(p)
-        branches.append(_conv_bn_relu(p, proj, 1, f"{name}_pool_proj"))
+        branches.append(_conv_bn_relu(p, proj, 1, f"{name}_pool_proj", **eps))
     return keras.layers.Concatenate(name=f"{name}_output")(branches)
 
 
-def bn_inception(input_shape=(227, 227, 3), name="bn_inception"):
+def bn_inception(input_shape=(227, 227, 3), name="bn_inception", bn_epsilon=BN_EPSILON):
     """BN-Inception feature extractor (no classifier), randomly initialized.
 
     Args:
@@ -147,6 +162,8 @@ def bn_inception(input_shape=(227, 227, 3), name="bn_inception"):
         ``InputNormalization("bn_inception")`` produces it). S must pass
         :func:`feature_map_sizes` (227 -> 7x7 output).
       name: model name.
+      bn_epsilon: epsilon of every BatchNorm layer (the weight file's, see
+        :func:`read_weight_metadata`).
     Returns:
       keras.Model ``[N, S, S, 3] -> [N, s, s, 1024]`` (s = 7 for S = 227).
     """
@@ -156,13 +173,14 @@ def bn_inception(input_shape=(227, 227, 3), name="bn_inception"):
                          f"{input_shape}")
     feature_map_sizes(input_shape[0])
     inputs = keras.Input(input_shape, name="bgr_images")
-    x = _conv_bn_relu(inputs, 64, 7, "conv1_7x7_s2", stride=2, pad=3)
+    eps = dict(bn_epsilon=float(bn_epsilon))
+    x = _conv_bn_relu(inputs, 64, 7, "conv1_7x7_s2", stride=2, pad=3, **eps)
     x = _ceil_max_pool(x, "pool1_3x3_s2")
-    x = _conv_bn_relu(x, 64, 1, "conv2_3x3_reduce")
-    x = _conv_bn_relu(x, 192, 3, "conv2_3x3", pad=1)
+    x = _conv_bn_relu(x, 64, 1, "conv2_3x3_reduce", **eps)
+    x = _conv_bn_relu(x, 192, 3, "conv2_3x3", pad=1, **eps)
     x = _ceil_max_pool(x, "pool2_3x3_s2")
     for spec in INCEPTION_BLOCKS:
-        x = _inception_block(x, spec)
+        x = _inception_block(x, spec, float(bn_epsilon))
     return keras.Model(inputs, x, name=name)
 
 
@@ -226,6 +244,7 @@ def _read_h5(path, model):
                     arrays[f"{layer_name}/{short}"] = np.asarray(group[weight_name])
             return arrays
         if "layers" in root and "vars" in root:  # Keras 3 .weights.h5: layers/<auto>/vars/<i>
+            model = model if model is not None else bn_inception((32, 32, 3))
             by_name = {layer.name: layer for layer in model.layers}
 
             def visit(_, item):
@@ -259,10 +278,89 @@ def read_weight_file(path, model=None):
         raise FileNotFoundError(f"BN-Inception weight file {path!r} does not exist")
     if path.endswith(".npz"):
         with np.load(path) as stored:
-            return {key: stored[key] for key in stored.files}
+            return {key: stored[key] for key in stored.files if not key.startswith(META_PREFIX)}
     if path.endswith((".h5", ".hdf5")):
-        return _read_h5(path, model if model is not None else bn_inception((64, 64, 3)))
+        return _read_h5(path, model)
     raise ValueError(f"BN-Inception weight file {path!r}: expected a .npz or .h5 file")
+
+
+def _bn_epsilons(config):
+    """Every BatchNormalization ``epsilon`` in a Keras model config (nested models too)."""
+    found = []
+    if isinstance(config, dict):
+        if config.get("class_name") == "BatchNormalization":
+            found.append(float(config.get("config", {}).get("epsilon", 1e-3)))
+        for value in config.values():
+            found += _bn_epsilons(value)
+    elif isinstance(config, list):
+        for value in config:
+            found += _bn_epsilons(value)
+    return found
+
+
+def keras_model_bn_epsilon(path):
+    """The BatchNorm epsilon of a Keras 2 full-model ``.h5`` (its ``model_config``), or None.
+
+    Raises:
+      ValueError: the model's BatchNorm layers disagree on epsilon.
+    """
+    with h5py.File(os.fspath(path), "r") as handle:
+        config = handle.attrs.get("model_config")
+    if config is None:
+        return None
+    config = json.loads(config.decode() if isinstance(config, bytes) else config)
+    epsilons = sorted(set(_bn_epsilons(config)))
+    if not epsilons:
+        return None
+    if len(epsilons) > 1:
+        raise ValueError(f"{os.fspath(path)}: BatchNorm layers with different epsilons "
+                         f"{epsilons}; BN-Inception uses one")
+    return epsilons[0]
+
+
+def read_weight_metadata(path):
+    """``{"input_mean_bgr": (3 floats), "bn_epsilon": float}`` of a BN-Inception weight file.
+
+    A converted ``.npz`` records both (``meta/input_mean_bgr``, ``meta/bn_epsilon``); other
+    files (and older ``.npz``) get the Caffe checkpoint's (104, 117, 128) and 1e-5.
+    """
+    path = os.fspath(path)
+    meta = {"input_mean_bgr": CAFFE_BGR_MEAN, "bn_epsilon": BN_EPSILON}
+    if path.endswith(".npz") and os.path.isfile(path):
+        with np.load(path) as stored:
+            if META_INPUT_MEAN in stored.files:
+                mean = np.asarray(stored[META_INPUT_MEAN], np.float64).reshape(-1)
+                if mean.shape != (3,):
+                    raise ValueError(f"{path}: {META_INPUT_MEAN} must hold 3 values (B, G, R), "
+                                     f"got shape {mean.shape}")
+                meta["input_mean_bgr"] = tuple(float(m) for m in mean)
+            if META_BN_EPSILON in stored.files:
+                meta["bn_epsilon"] = float(stored[META_BN_EPSILON])
+    return meta
+
+
+def write_weight_file(arrays, path, input_mean_bgr, bn_epsilon=BN_EPSILON):
+    """Writes ``{"LAYER/WEIGHT": array}`` and the metadata to the ``.npz`` at ``path``.
+
+    The file is checked by loading it into a BN-Inception before this returns; a file that
+    does not load is removed and the ValueError raised.
+
+    Returns:
+      the number of weight arrays written.
+    """
+    path = os.fspath(path)
+    mean = np.asarray(input_mean_bgr, np.float32).reshape(-1)
+    if mean.shape != (3,):
+        raise ValueError(f"input_mean_bgr must be 3 values (B, G, R), got {input_mean_bgr!r}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez(path, **arrays, **{META_INPUT_MEAN: mean,
+                                META_BN_EPSILON: np.asarray(bn_epsilon, np.float64)})
+    try:  # verifies every name and shape; the input size does not matter for the weights
+        load_weights(bn_inception((32, 32, 3), bn_epsilon=bn_epsilon), path)
+    except ValueError:
+        os.remove(path)
+        raise
+    return len(arrays)
 
 
 def _show(items, limit=10):

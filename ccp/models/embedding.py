@@ -35,19 +35,33 @@ class Backbone:
       convention: the ``InputNormalization`` convention its input needs.
       default_image_size: S when the caller gives none.
       num_features: F, the channels of its output feature map.
+      input_mean: ``input_mean(weights) -> BGR mean (3 floats) or None`` (None: the
+        convention's), for backbones whose weight files carry their preprocessing.
     """
 
     build: Callable
     convention: str
     default_image_size: int
     num_features: int
+    input_mean: Callable = None
 
 
 def _build_bn_inception(input_shape, weights):
-    backbone = bn_inception_lib.bn_inception(input_shape)
-    if weights is not None:
-        bn_inception_lib.load_weights(backbone, bn_inception_lib.resolve_weights_path(weights))
+    if weights is None:
+        return bn_inception_lib.bn_inception(input_shape)
+    path = bn_inception_lib.resolve_weights_path(weights)
+    meta = bn_inception_lib.read_weight_metadata(path)
+    backbone = bn_inception_lib.bn_inception(input_shape, bn_epsilon=meta["bn_epsilon"])
+    bn_inception_lib.load_weights(backbone, path)
     return backbone
+
+
+def _bn_inception_input_mean(weights):
+    """The weight file's BGR mean (SPEC §6: the mean follows the weights); None without."""
+    if weights is None:
+        return None
+    path = bn_inception_lib.resolve_weights_path(weights)
+    return bn_inception_lib.read_weight_metadata(path)["input_mean_bgr"]
 
 
 def _build_resnet50(input_shape, weights):
@@ -60,7 +74,7 @@ def _build_small_cnn(input_shape, weights):
 
 BACKBONES = {
     "bn_inception": Backbone(_build_bn_inception, "bn_inception", 227,
-                             bn_inception_lib.NUM_FEATURES),
+                             bn_inception_lib.NUM_FEATURES, _bn_inception_input_mean),
     "resnet50": Backbone(_build_resnet50, "resnet50", 227, resnet_lib.NUM_FEATURES),
     "small_cnn": Backbone(_build_small_cnn, "unit", 32, small_cnn_lib.DEFAULT_WIDTHS[-1]),
 }
@@ -113,7 +127,10 @@ def build_embedding_model(backbone="bn_inception", embedding_size=128, weights=N
         checkpoint at ``$CCP_WEIGHTS_DIR/bn_inception_imagenet.npz`` or
         ``~/.keras/models/...``; ResNet-50: Keras' download), or the path of a local weight file
         of the backbone (BN-Inception .npz/.h5, ResNet-50 .h5/.weights.h5, small CNN
-        .weights.h5). The string "none" means None.
+        .weights.h5). The string "none" means None. A BN-Inception ``.npz`` written by
+        ``scripts/convert_bn_inception_pth.py`` also sets the input mean it was trained with
+        (Caffe (104, 117, 128) or the reference's 255 x ImageNet mean) and its BatchNorm
+        epsilon.
       pooling: "avg", "max" or "avg+max" (the sum of both).
       freeze_batchnorm: freeze the backbone's BatchNorm layers (inference mode, not trained);
         None = True exactly when pretrained weights are loaded.
@@ -146,8 +163,10 @@ def build_embedding_model(backbone="bn_inception", embedding_size=128, weights=N
         raise TypeError(f"embedding_bias must be True or False, got {embedding_bias!r}")
 
     inputs = keras.Input((size, size, 3), dtype="float32", name="images")
-    normalized = InputNormalization(spec.convention, name="input_normalization")(inputs)
     features_model = spec.build((size, size, 3), weights)
+    mean = spec.input_mean(weights) if spec.input_mean is not None else None
+    normalized = InputNormalization(spec.convention, mean=mean,
+                                    name="input_normalization")(inputs)
     if freeze_batchnorm is None:
         freeze_batchnorm = weights is not None
     if freeze_batchnorm:

@@ -6,7 +6,8 @@ pipelines and the exported SavedModel feed raw pixels, whatever the backbone.
 import keras
 import tensorflow as tf
 
-# Per-channel means, BGR order, of the Caffe-trained BN-Inception (0..255 scale, std 1).
+# Per-channel means, BGR order, of the Caffe-trained BN-Inception (0..255 scale, std 1); a
+# BN-Inception weight file may carry its own (ccp.models.bn_inception.read_weight_metadata).
 BN_INCEPTION_BGR_MEAN = (104.0, 117.0, 128.0)
 # keras.applications' "caffe" mode (ResNet-50): BGR minus the ImageNet means, 0..255 scale.
 RESNET_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -22,23 +23,42 @@ class InputNormalization(keras.layers.Layer):
       convention: "bn_inception": RGB -> BGR, minus (104, 117, 128) (BGR order), 0..255 scale;
         "resnet50": RGB -> BGR, minus (103.939, 116.779, 123.68), i.e.
         ``keras.applications.resnet50.preprocess_input``; "unit": ``x / 255`` (RGB).
+      mean: the BGR mean to subtract instead of the convention's (3 floats; "bn_inception" and
+        "resnet50" only), e.g. the one a BN-Inception weight file records.
     """
 
-    def __init__(self, convention, **kwargs):
+    def __init__(self, convention, mean=None, **kwargs):
         super().__init__(**kwargs)
         if convention not in CONVENTIONS:
             raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
         self.convention = convention
+        if mean is not None:
+            if convention == "unit":
+                raise ValueError("InputNormalization: the 'unit' convention takes no mean")
+            mean = tuple(float(m) for m in mean)
+            if len(mean) != 3:
+                raise ValueError(f"InputNormalization: mean must be 3 values (B, G, R), got "
+                                 f"{mean!r}")
+        self.mean = mean
+
+    @property
+    def bgr_mean(self):
+        """The subtracted BGR mean (None for "unit")."""
+        if self.convention == "unit":
+            return None
+        if self.mean is not None:
+            return self.mean
+        return BN_INCEPTION_BGR_MEAN if self.convention == "bn_inception" else RESNET_BGR_MEAN
 
     def call(self, images):
         images = tf.cast(images, self.compute_dtype)
         if self.convention == "unit":
             return images / 255.0
-        mean = BN_INCEPTION_BGR_MEAN if self.convention == "bn_inception" else RESNET_BGR_MEAN
-        return images[..., ::-1] - tf.constant(mean, dtype=self.compute_dtype)
+        return images[..., ::-1] - tf.constant(self.bgr_mean, dtype=self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "convention": self.convention}
+        return {**super().get_config(), "convention": self.convention,
+                "mean": None if self.mean is None else list(self.mean)}

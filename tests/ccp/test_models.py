@@ -1,5 +1,6 @@
 """Backbones, embedding model, weight loading and frozen BatchNorm (SPEC §1)."""
 import importlib.util
+import json
 import pathlib
 import sys
 
@@ -255,8 +256,8 @@ def test_bn_inception_weight_file_errors(tmp_path, bn32, monkeypatch):
     assert "convert_bn_inception_pth.py" in str(error.value)
 
 
-def test_torch_state_dict_conversion_without_torch():
-    rng = np.random.default_rng(3)
+def _torch_state(rng):
+    """A PyTorch BN-Inception state dict (numpy arrays) and the Keras arrays it converts to."""
     state = {"last_linear.weight": np.zeros((1000, 1024)), "last_linear.bias": np.zeros(1000)}
     torch_fields = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
                     "moving_variance": "running_var"}
@@ -264,6 +265,8 @@ def test_torch_state_dict_conversion_without_torch():
     for key, shape in caffe_weight_shapes().items():
         layer, field = key.split("/")
         array = rng.normal(size=shape).astype(np.float32)
+        if field == "moving_variance":
+            array = np.abs(array) + 0.5
         expected[key] = array
         if field == "kernel":
             state[f"{layer}.weight"] = np.transpose(array, (3, 2, 0, 1))  # HWIO -> OIHW
@@ -272,12 +275,110 @@ def test_torch_state_dict_conversion_without_torch():
         else:
             state[f"{layer}.{torch_fields[field]}"] = array
             state[f"{layer}.num_batches_tracked"] = np.array(0)
+    return state, expected
+
+
+def test_torch_state_dict_conversion_without_torch():
+    state, expected = _torch_state(np.random.default_rng(3))
     converted = bn_inception.from_torch_state_dict(state)
     assert set(converted) == set(expected)
     for key in expected:
         np.testing.assert_array_equal(converted[key], expected[key])
     with pytest.raises(ValueError, match="conv1_7x7_s2_bn.momentum"):
         bn_inception.from_torch_state_dict({"conv1_7x7_s2_bn.momentum": np.zeros(1)})
+
+
+# The two input means of SPEC §6, written out here: Caffe's, and 255 x the ImageNet RGB mean
+# (0.485, 0.456, 0.406) in BGR order as the reference code subtracts it.
+CAFFE_MEAN = (104.0, 117.0, 128.0)
+REFERENCE_MEAN = (103.53, 116.28, 123.675)
+
+
+def _check_model_uses(path, arrays, mean, epsilon):
+    model = ccp.models.build_embedding_model("bn_inception", weights=str(path), image_size=32,
+                                             embedding_size=4)
+    norm = model.get_layer("input_normalization")
+    np.testing.assert_allclose(norm.bgr_mean, mean, rtol=1e-6)
+    backbone = model.get_layer("bn_inception")
+    bns = ccp.models.batchnorm_layers(backbone)
+    assert bns and all(layer.epsilon == pytest.approx(epsilon, rel=1e-9) for layer in bns)
+    loaded = bn_inception.weight_arrays(backbone)
+    assert all(np.array_equal(loaded[k], arrays[k]) for k in arrays)
+    rgb = np.random.default_rng(5).uniform(0, 255, size=(2, 32, 32, 3)).astype(np.float32)
+    bgr = rgb[..., ::-1] - np.asarray(mean, np.float32)
+    np.testing.assert_allclose(norm(rgb).numpy(), bgr, atol=1e-4)
+    clone = keras.layers.deserialize(keras.layers.serialize(norm))
+    np.testing.assert_allclose(clone.bgr_mean, mean, rtol=1e-6)
+
+
+def test_converter_from_a_pth_records_the_caffe_mean(tmp_path, monkeypatch):
+    """A .pth stand-in: a module named torch whose load returns the state dict (this machine
+    has no PyTorch); the converter must ask for weights_only=True."""
+    state, expected = _torch_state(np.random.default_rng(6))
+    calls = []
+
+    class FakeTorch:
+        @staticmethod
+        def load(path, **kwargs):
+            calls.append(kwargs)
+            return {"state_dict": {f"module.{k}": v for k, v in state.items()}}
+
+    monkeypatch.setitem(sys.modules, "torch", FakeTorch)
+    (tmp_path / "bn.pth").write_bytes(b"")
+    out = tmp_path / "caffe.npz"
+    assert _load_converter().main([str(tmp_path / "bn.pth"), str(out)]) == 0
+    assert calls == [{"map_location": "cpu", "weights_only": True}]
+    meta = bn_inception.read_weight_metadata(out)
+    assert meta == {"input_mean_bgr": CAFFE_MEAN, "bn_epsilon": pytest.approx(1e-5)}
+    _check_model_uses(out, expected, CAFFE_MEAN, 1e-5)
+
+
+def _write_reference_h5(path, arrays, epsilons):
+    """The reference's BNInception.h5 layout: a Keras 2 full-model file (model_config JSON +
+    model_weights), the checkpoint's layer names; BatchNorm epsilons as given per layer."""
+    _write_keras2_h5(path, arrays, full_model=True)
+    layers = [{"class_name": "InputLayer", "config": {"name": "input_1"}}]
+    for (name, *_), epsilon in zip(caffe_convolutions(), epsilons):
+        layers.append({"class_name": "Conv2D", "config": {"name": name, "use_bias": True}})
+        layers.append({"class_name": "BatchNormalization",
+                       "config": {"name": f"{name}_bn", "epsilon": epsilon}})
+    config = {"class_name": "Functional", "config": {"name": "BN-Inception", "layers": layers}}
+    with h5py.File(path, "a") as handle:
+        handle.attrs["model_config"] = json.dumps(config).encode()
+        handle.attrs["keras_version"] = b"2.4.0"
+
+
+def test_converter_from_the_reference_h5_keeps_its_network_and_mean(tmp_path, capsys):
+    arrays = random_bn_inception_arrays(np.random.default_rng(7), caffe_weight_shapes())
+    source = tmp_path / "BNInception.h5"
+    _write_reference_h5(source, arrays, [1.001e-5] * 69)
+    out = tmp_path / "reference.npz"
+    assert _load_converter().main([str(source), str(out)]) == 0, capsys.readouterr().err
+    meta = bn_inception.read_weight_metadata(out)
+    np.testing.assert_allclose(meta["input_mean_bgr"], REFERENCE_MEAN, rtol=1e-6)
+    assert meta["bn_epsilon"] == pytest.approx(1.001e-5, rel=1e-9)
+    _check_model_uses(out, arrays, REFERENCE_MEAN, 1.001e-5)
+    # A file whose BatchNorm layers disagree, or that lacks a layer, is refused in one line.
+    _write_reference_h5(tmp_path / "mixed.h5", arrays, [1e-5] * 68 + [1e-3])
+    assert _load_converter().main([str(tmp_path / "mixed.h5"), str(tmp_path / "m.npz")]) == 1
+    assert "different epsilons" in capsys.readouterr().err
+    partial = {k: v for k, v in arrays.items() if not k.startswith("inception_5b_pool_proj")}
+    _write_reference_h5(tmp_path / "partial.h5", partial, [1e-5] * 69)
+    assert _load_converter().main([str(tmp_path / "partial.h5"), str(tmp_path / "p.npz")]) == 1
+    assert "missing [inception_5b_pool_proj/bias" in capsys.readouterr().err
+    assert not (tmp_path / "p.npz").exists()
+
+
+def test_weight_files_without_metadata_keep_the_caffe_mean(tmp_path):
+    arrays = random_bn_inception_arrays(np.random.default_rng(8), caffe_weight_shapes())
+    np.savez(tmp_path / "old.npz", **arrays)
+    assert bn_inception.read_weight_metadata(tmp_path / "old.npz") == {
+        "input_mean_bgr": CAFFE_MEAN, "bn_epsilon": pytest.approx(1e-5)}
+    _check_model_uses(tmp_path / "old.npz", arrays, CAFFE_MEAN, 1e-5)
+    with pytest.raises(ValueError, match="takes no mean"):
+        preprocessing.InputNormalization("unit", mean=(1, 2, 3))
+    with pytest.raises(ValueError, match="3 values"):
+        preprocessing.InputNormalization("bn_inception", mean=(1, 2))
 
 
 def test_resnet50_weights(tmp_path, monkeypatch):

@@ -10,13 +10,8 @@ authors' code and pytorch-metric-learning do.
 import keras
 import tensorflow as tf
 
-from ccp import ops
+from ccp import defaults, ops
 from ccp.losses.base import PairLoss
-
-# The paper's fine-grained image retrieval setting (CUB, Cars196, SOP), also PML's default; the
-# paper uses m = 0.25, gamma = 256 for face recognition and gamma = 128 for re-identification.
-CIRCLE_MARGIN = 0.4
-CIRCLE_GAMMA = 80.0
 
 
 def masked_logsumexp(z, mask):
@@ -53,9 +48,11 @@ class CircleLoss(PairLoss):
     Args:
       margin: the relaxation ``m`` (0.4).
       gamma: the scale (80).
+    Defaults: the paper's fine-grained image retrieval setting (CUB, Cars196, SOP), also PML's;
+    the paper uses m = 0.25, gamma = 256 for face recognition and gamma = 128 for person re-id.
     """
 
-    def __init__(self, margin=CIRCLE_MARGIN, gamma=CIRCLE_GAMMA, **kwargs):
+    def __init__(self, margin=defaults.CIRCLE_MARGIN, gamma=defaults.CIRCLE_GAMMA, **kwargs):
         super().__init__(**kwargs)
         self.margin, self.gamma = float(margin), float(gamma)
         if self.gamma <= 0:

@@ -9,9 +9,7 @@ an instance; :func:`get` is the one place that resolves a name.
 import keras
 import tensorflow as tf
 
-from ccp import ops
-
-SNR_REGULARIZATION_WEIGHT = 1e-3
+from ccp import defaults, ops
 
 
 class Distance:
@@ -62,7 +60,7 @@ class SNRDistance(Distance):
 
     name = "snr"
 
-    def __init__(self, regularization_weight=SNR_REGULARIZATION_WEIGHT):
+    def __init__(self, regularization_weight=defaults.SNR_REGULARIZATION_WEIGHT):
         self.regularization_weight = float(regularization_weight)
         if self.regularization_weight < 0:
             raise ValueError("SNRDistance: regularization_weight must be >= 0, got "

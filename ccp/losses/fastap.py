@@ -11,10 +11,9 @@ anchors that have at least one positive.
 import keras
 import tensorflow as tf
 
-from ccp import ops
+from ccp import defaults, ops
 from ccp.losses.base import PairLoss
 
-FASTAP_NUM_BINS = 10  # the paper's and the authors' code default
 MAX_SQUARED_DISTANCE = 4.0  # vectors of norm <= 1 (Lipschitz-normalized)
 
 
@@ -77,10 +76,11 @@ class FastAPLoss(PairLoss):
     """FastAP on squared L2 distances of the normalized embeddings.
 
     Args:
-      num_bins: L, the number of histogram bins (``L + 1`` centers), 10.
+      num_bins: L, the number of histogram bins (``L + 1`` centers), 10 as in the paper and the
+        authors' code.
     """
 
-    def __init__(self, num_bins=FASTAP_NUM_BINS, **kwargs):
+    def __init__(self, num_bins=defaults.FASTAP_NUM_BINS, **kwargs):
         super().__init__(**kwargs)
         if int(num_bins) != num_bins or num_bins < 1:
             raise ValueError(f"FastAPLoss: num_bins must be a positive integer, got {num_bins}")

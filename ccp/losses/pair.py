@@ -7,7 +7,7 @@ columns references.
 import keras
 import tensorflow as tf
 
-from ccp import ops
+from ccp import defaults, ops
 from ccp.losses import distances, miners
 from ccp.losses.base import PairLoss, mean_of_positive_terms
 from ccp.losses.rho import RhoSwitchMixin
@@ -119,7 +119,7 @@ class ContrastiveLoss(PairLoss):
 
     supports_miner = supports_average_all = True
 
-    def __init__(self, pos_margin=0.0, neg_margin=0.5, distance="euclidean", **kwargs):
+    def __init__(self, pos_margin=0.0, neg_margin=0.5, distance=defaults.DISTANCE, **kwargs):
         super().__init__(**kwargs)
         self.pos_margin, self.neg_margin = float(pos_margin), float(neg_margin)
         self.distance = distances.get(distance)
@@ -166,7 +166,8 @@ class TripletLoss(RhoSwitchMixin, PairLoss):
 
     supports_miner = supports_average_all = True
 
-    def __init__(self, margin=0.1, distance="euclidean", p_switch=0.0, switch_seed=0, **kwargs):
+    def __init__(self, margin=0.1, distance=defaults.DISTANCE, p_switch=defaults.RHO_P_SWITCH,
+                 switch_seed=0, **kwargs):
         super().__init__(**kwargs)
         self.margin = float(margin)
         self.distance = distances.get(distance)
@@ -226,8 +227,9 @@ class MarginLoss(RhoSwitchMixin, PairLoss):
 
     supports_miner = supports_average_all = True
 
-    def __init__(self, margin=0.2, beta_init=1.2, num_classes=None, nu=0.0, distance="euclidean",
-                 p_switch=0.0, switch_seed=0, **kwargs):
+    def __init__(self, margin=0.2, beta_init=1.2, num_classes=None, nu=0.0,
+                 distance=defaults.DISTANCE, p_switch=defaults.RHO_P_SWITCH, switch_seed=0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.margin, self.beta_init, self.nu = float(margin), float(beta_init), float(nu)
         self.num_classes = None if num_classes is None else int(num_classes)

@@ -19,16 +19,9 @@ default ``alpha``), with ``m = 0.4`` in its In-shop configuration (0.2 in its CU
 import keras
 import tensorflow as tf
 
-from ccp import ops
+from ccp import defaults, ops
 from ccp.losses import distances
 from ccp.losses.base import PairLoss
-
-# alpha = 1 + m / 2 = 1.2, m = 0.4, T_n = 10, T_p = 0 (uniform), lambda = 1 (module docstring).
-RLL_BOUNDARY = 1.2
-RLL_MARGIN = 0.4
-RLL_NEG_TEMPERATURE = 10.0
-RLL_POS_TEMPERATURE = 0.0
-RLL_NEG_WEIGHT = 1.0
 
 
 def weighted_violation(violation, mask, temperature):
@@ -76,9 +69,10 @@ class RankedListLoss(PairLoss):
       distance: "euclidean" (default), "snr" or a ``ccp.losses.distances.Distance``.
     """
 
-    def __init__(self, boundary=RLL_BOUNDARY, margin=RLL_MARGIN,
-                 neg_temperature=RLL_NEG_TEMPERATURE, pos_temperature=RLL_POS_TEMPERATURE,
-                 neg_weight=RLL_NEG_WEIGHT, distance="euclidean", **kwargs):
+    def __init__(self, boundary=defaults.RLL_BOUNDARY, margin=defaults.RLL_MARGIN,
+                 neg_temperature=defaults.RLL_NEG_TEMPERATURE,
+                 pos_temperature=defaults.RLL_POS_TEMPERATURE,
+                 neg_weight=defaults.RLL_NEG_WEIGHT, distance=defaults.DISTANCE, **kwargs):
         super().__init__(**kwargs)
         self.boundary, self.margin = float(boundary), float(margin)
         self.neg_temperature, self.pos_temperature = float(neg_temperature), float(pos_temperature)

@@ -18,8 +18,6 @@ scope would not (it gives each replica its own stream).
 """
 import tensorflow as tf
 
-P_SWITCH_PAPER = 0.2  # the authors' default ``--miner_rho_distance_cp``
-
 
 def draw_switches(p_switch, seed, counter, pos_mask):
     """Which anchors are switched this call; advances ``counter``.
@@ -59,6 +57,8 @@ class RhoSwitchMixin:
     """Adds ``p_switch`` / ``switch_seed`` to a Keras pair-loss layer (call after its __init__)."""
 
     def _init_switch(self, p_switch, switch_seed):
+        # Off by default (ccp.defaults.RHO_P_SWITCH); the authors' --miner_rho_distance_cp is
+        # ccp.defaults.RHO_P_SWITCH_PAPER = 0.2.
         self.p_switch, self.switch_seed = float(p_switch), int(switch_seed)
         if not 0.0 <= self.p_switch <= 1.0:
             raise ValueError(f"{type(self).__name__}: p_switch must be in [0, 1], got {p_switch}")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ccp import losses, ops
+from ccp import defaults, losses, ops
 from ccp.diagnostics import spectral_decay
 from ccp.losses import distances, rho
 
@@ -317,7 +317,7 @@ def test_distance_registry_and_errors():
     snr_distance = losses.SNRDistance(0.5)
     assert distances.get(snr_distance) is snr_distance
     assert distances.get(distances.serialize(snr_distance)) == snr_distance
-    assert distances.get("snr").regularization_weight == distances.SNR_REGULARIZATION_WEIGHT
+    assert distances.get("snr").regularization_weight == defaults.SNR_REGULARIZATION_WEIGHT
     with pytest.raises(ValueError, match=r"distance must be one of \['euclidean', 'snr'\]"):
         losses.TripletLoss(distance="cosine")
     with pytest.raises(ValueError, match="regularization_weight must be >= 0"):

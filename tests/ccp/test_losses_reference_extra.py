@@ -550,6 +550,25 @@ def test_distance_weighted_miner_in_a_loss_is_seeded_and_checkpointed(tmp_path):
     assert np.isfinite(float(xbm.loss_terms(y, x, training=True)["loss"]))
 
 
+def test_seeded_draws_are_replica_consistent_under_mirrored_strategy():
+    x, y = batch(3, 2, 4, seed=23)
+    makers = [lambda: losses.ProxySynthesisLoss(losses.ProxyNCALoss(3, 4, seed=1), seed=4),
+              lambda: losses.TripletLoss(0.2, miner=miners.DistanceWeighted(seed=5))]
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    for make in makers:
+        eager = make()
+        expected = [float(eager(y, x)) for _ in range(2)]
+        with strategy.scope():
+            mirrored = make()
+        for weight, source in zip(mirrored.weights, eager.weights):
+            if weight.trainable:
+                weight.assign(source)
+        step = tf.function(lambda a, b: mirrored(a, b))
+        for value in expected:
+            replicas = strategy.experimental_local_results(strategy.run(step, args=(y, x)))
+            assert [float(r) for r in replicas] == pytest.approx([value, value], rel=1e-6)
+
+
 def test_miner_and_switch_errors_are_clear():
     with pytest.raises(ValueError, match="miner must be None, one of"):
         losses.ContrastiveLoss(miner="hardest")

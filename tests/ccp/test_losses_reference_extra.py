@@ -572,8 +572,11 @@ def test_seeded_draws_are_replica_consistent_under_mirrored_strategy():
 def test_miner_and_switch_errors_are_clear():
     with pytest.raises(ValueError, match="miner must be None, one of"):
         losses.ContrastiveLoss(miner="hardest")
-    with pytest.raises(ValueError, match="does not take a miner"):
-        losses.CircleLoss(miner="hard_negatives")
+    class OwnMasks(losses.PairLoss):  # builds its masks without the pair_masks hook
+        pass
+
+    with pytest.raises(ValueError, match="OwnMasks does not take a miner"):
+        OwnMasks(miner="hard_negatives")
     with pytest.raises(ValueError, match="average_nonzero_only=False has no meaning"):
         losses.MultiSimilarityLoss(average_nonzero_only=False)
 

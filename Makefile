@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh machine:
-#   make demo   creates .venv, installs ccp, trains on the embedded digits data, evaluates, exports
+#   make demo   creates .venv, installs ccp, trains on an embedded data set, evaluates, exports
 #   make test   creates .venv if needed, installs ccp with its test extras, runs ruff and the tests
 PYTHON ?= python3
 VENV ?= .venv

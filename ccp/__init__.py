@@ -22,6 +22,8 @@ _SUBMODULES = (
     "metrics",
     "models",
     "training",
+    "tracking",
+    "diagnostics",
     "export",
 )
 

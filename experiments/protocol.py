@@ -70,7 +70,8 @@ def check_weights(config):
 
 def test_metrics(config, query, reference=None):
     """Retrieval metrics (+ NMI) of query embeddings against the reference set (Embedded)."""
-    ref_emb, ref_lab = (reference.embeddings, reference.labels) if reference else (None, None)
+    ref_emb, ref_lab = ((reference.embeddings, reference.labels) if reference is not None
+                        else (None, None))
     metrics = ccp.metrics.retrieval_metrics(
         query.embeddings, query.labels, ref_embeddings=ref_emb, ref_labels=ref_lab,
         recall_at=config.protocol.recall_at)
@@ -105,7 +106,8 @@ def run_fold(config, fold, fold_dir, repeat, seed, strategy, eval_sets):
     model, loss, training = fold_training.train_fold(config, fold, fold_dir, seed, strategy)
     model.save_weights(os.path.join(fold_dir, WEIGHTS_FILE))
     query = embed(config, model, eval_sets.query)
-    reference = embed(config, model, eval_sets.reference) if eval_sets.reference else None
+    reference = (embed(config, model, eval_sets.reference)
+                 if eval_sets.reference is not None else None)
     result = FoldResult(
         repeat=repeat, fold=fold.index, train_classes=int(fold.train.num_classes),
         val_classes=int(fold.val.num_classes) if fold.val is not None else 0,

@@ -33,6 +33,7 @@ def test_registry_matches_the_library_and_the_data_sets():
     assert set(registry.EMBEDDED_DATASETS) == set(data_pipelines.EMBEDDED)
     assert set(registry.LR_SCHEDULES) == set(ccp.training.LR_SCHEDULES)
     assert set(registry.DISTANCES) == set(ccp.losses.distances.REGISTRY)
+    assert set(registry.BACKBONES) == set(ccp.models.embedding.BACKBONES)
     assert set(registry.DATA_SOURCES) == set(data_pipelines.DATA_SOURCES)
     assert set(registry.INPUT_PIPELINES) == set(data_pipelines.pipelines.INPUT_PIPELINES)
     flag_choices = {name: f.metadata.get("choices") for name, _, f in config_lib.flag_fields()}

@@ -83,7 +83,7 @@ def test_reproducible_and_seed_dependent(kind):
 def test_resume_equals_uninterrupted(kind):
     labels = _labels([3, 5, 6, 7, 2, 9, 4])
     full = _take(kind, labels, 3, 4, 11, 65)
-    for start_step in (1, 7, 23, 50):
+    for start_step in (7, 50):  # in-graph: a round boundary (C = 7 batches), then mid-round
         np.testing.assert_array_equal(_take(kind, labels, 3, 4, 11, 15, start_step),
                                       full[start_step:start_step + 15])
 

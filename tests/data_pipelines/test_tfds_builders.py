@@ -83,7 +83,8 @@ def test_copy_holds_the_raw_records_and_loads_like_them(name, request, tfds_dir)
     for part in ("train", "val"):
         np.testing.assert_array_equal(getattr(got_fold, part).labels,
                                       getattr(want_fold, part).labels)
-    np.testing.assert_array_equal(_eval_images(got_fold.val), _eval_images(want_fold.val))
+    if name == "cub":  # the pipelines decode the copy like the files (train/pool: test_ingraph)
+        np.testing.assert_array_equal(_eval_images(got_fold.val), _eval_images(want_fold.val))
 
 
 def test_full_config_checks_the_published_sizes(cub_dir, tmp_path):

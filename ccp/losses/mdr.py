@@ -14,7 +14,10 @@ Learnable levels ``l`` (init ``(-3, 0, 3)``)::
 The reference turns its base loss's embedding normalization off: a ``PairLoss`` base here gets
 ``E / mu`` through ``compute`` unnormalized, exactly so; any other base (proxy losses, CCP) is
 called as a layer and normalizes ``E / mu`` and its proxies itself. The reference needs its model
-wrapper for the levels; here they are a weight of this layer.
+wrapper for the levels; here they are a weight of this layer. The reference also measures ``d``
+with its base loss's dissimilarity, which for its cosine bases (MS, C1, the proxy losses) is
+``-x.y`` of the raw embeddings (``mu`` can then be negative and flip ``E / mu``); here ``d`` is
+always the L2 distance, as in the paper and SPEC §4b.
 """
 import keras
 import tensorflow as tf

@@ -43,7 +43,7 @@ def circle(sims, pos_mask, neg_mask, margin, gamma):
 
 @keras.saving.register_keras_serializable(package="ccp")
 class CircleLoss(PairLoss):
-    """Circle loss on cosine similarities of the normalized embeddings.
+    """Circle loss on cosine similarities of the normalized embeddings; takes ``miner=``.
 
     Args:
       margin: the relaxation ``m`` (0.4).
@@ -51,6 +51,8 @@ class CircleLoss(PairLoss):
     Defaults: the paper's fine-grained image retrieval setting (CUB, Cars196, SOP), also PML's;
     the paper uses m = 0.25, gamma = 256 for face recognition and gamma = 128 for person re-id.
     """
+
+    supports_miner = True
 
     def __init__(self, margin=defaults.CIRCLE_MARGIN, gamma=defaults.CIRCLE_GAMMA, **kwargs):
         super().__init__(**kwargs)
@@ -60,7 +62,7 @@ class CircleLoss(PairLoss):
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
         sims = ops.pairwise_similarities(embeddings, ref_embeddings)
-        pos, neg = ops.pair_masks(labels, ref_labels)
+        pos, neg = self.pair_masks(embeddings, labels, ref_embeddings, ref_labels)
         return circle(sims, pos, neg, self.margin, self.gamma)
 
     def get_config(self):

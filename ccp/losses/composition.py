@@ -1,6 +1,7 @@
 """Composition pieces of the reference's pair-loss head (its ``GenericPairBasedLoss`` switches).
 
-- squared distances: the distance :class:`SquaredEuclideanDistance`, for any distance-based
+- squared distances: the distance :class:`SquaredEuclideanDistance` (``ccp.losses.distances``,
+  name "squared_euclidean"), for any distance-based
   pair loss (``ContrastiveLoss(distance=SquaredEuclideanDistance())``, triplet, margin, ...);
 - the single-proxy "proxy" variant and intra-proxy pairs: :class:`ProxyPairLoss` around any
   pair loss;
@@ -10,20 +11,9 @@
 import keras
 import tensorflow as tf
 
-from ccp import ops
 from ccp.losses.base import PairLoss
-from ccp.losses.distances import Distance
+from ccp.losses.distances import SquaredEuclideanDistance  # noqa: F401 (defined there, registry)
 from ccp.losses.proxy import ProxyLoss
-
-
-@keras.saving.register_keras_serializable(package="ccp")
-class SquaredEuclideanDistance(Distance):
-    """Squared L2 distance ``||a_i - b_j||^2`` (the reference's ``squared_distance=True``)."""
-
-    name = "squared_euclidean"
-
-    def __call__(self, a, b=None):
-        return ops.pairwise_distances(a, b, squared=True)
 
 
 @keras.saving.register_keras_serializable(package="ccp")

@@ -3,8 +3,9 @@
 A distance is a small serializable object: ``distance(a, b=None) -> [N, M]`` (rows anchors,
 columns references, ``b=None`` meaning the anchors are their own references with a zero
 diagonal) and ``distance.regularizer(embeddings [B, D]) -> scalar`` (a term the loss adds on its
-query embeddings; 0 for the Euclidean distance). Losses take ``distance="euclidean" | "snr"`` or
-an instance; :func:`get` is the one place that resolves a name.
+query embeddings; 0 for the Euclidean distances). Losses take
+``distance="euclidean" | "squared_euclidean" | "snr"`` or an instance; :func:`get` is the one
+place that resolves a name.
 """
 import keras
 import tensorflow as tf
@@ -49,6 +50,16 @@ class EuclideanDistance(Distance):
 
 
 @keras.saving.register_keras_serializable(package="ccp")
+class SquaredEuclideanDistance(Distance):
+    """Squared L2 distance ``||a_i - b_j||^2`` (the reference's ``squared_distance=True``)."""
+
+    name = "squared_euclidean"
+
+    def __call__(self, a, b=None):
+        return ops.pairwise_distances(a, b, squared=True)
+
+
+@keras.saving.register_keras_serializable(package="ccp")
 class SNRDistance(Distance):
     """SNR distance ``var(b_j - a_i) / var(a_i)`` (Yuan et al., CVPR 2019), ``ops.snr_distances``.
 
@@ -78,7 +89,7 @@ class SNRDistance(Distance):
         return {"regularization_weight": self.regularization_weight}
 
 
-REGISTRY = {cls.name: cls for cls in (EuclideanDistance, SNRDistance)}
+REGISTRY = {cls.name: cls for cls in (EuclideanDistance, SquaredEuclideanDistance, SNRDistance)}
 
 
 def get(identifier):

@@ -73,12 +73,15 @@ def fast_ap(sq_dists, pos_mask, neg_mask, num_bins):
 
 @keras.saving.register_keras_serializable(package="ccp")
 class FastAPLoss(PairLoss):
-    """FastAP on squared L2 distances of the normalized embeddings.
+    """FastAP on squared L2 distances of the normalized embeddings; takes ``miner=`` (the
+    ranked list of an anchor is then its mined references).
 
     Args:
       num_bins: L, the number of histogram bins (``L + 1`` centers), 10 as in the paper and the
         authors' code.
     """
+
+    supports_miner = True
 
     def __init__(self, num_bins=defaults.FASTAP_NUM_BINS, **kwargs):
         super().__init__(**kwargs)
@@ -88,7 +91,7 @@ class FastAPLoss(PairLoss):
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
         sq_dists = ops.pairwise_distances(embeddings, ref_embeddings, squared=True)
-        pos, neg = ops.pair_masks(labels, ref_labels)
+        pos, neg = self.pair_masks(embeddings, labels, ref_embeddings, ref_labels)
         return fast_ap(sq_dists, pos, neg, self.num_bins)
 
     def get_config(self):

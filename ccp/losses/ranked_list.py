@@ -19,7 +19,7 @@ default ``alpha``), with ``m = 0.4`` in its In-shop configuration (0.2 in its CU
 import keras
 import tensorflow as tf
 
-from ccp import defaults, ops
+from ccp import defaults
 from ccp.losses import distances
 from ccp.losses.base import PairLoss
 
@@ -58,7 +58,7 @@ def ranked_list(dists, pos_mask, neg_mask, boundary, margin, neg_temperature,
 
 @keras.saving.register_keras_serializable(package="ccp")
 class RankedListLoss(PairLoss):
-    """Ranked List loss.
+    """Ranked List loss; takes ``miner=``.
 
     Args:
       boundary: alpha, the negatives' boundary (1.2).
@@ -68,6 +68,8 @@ class RankedListLoss(PairLoss):
       neg_weight: lambda, the weight of the negative term (1).
       distance: "euclidean" (default), "snr" or a ``ccp.losses.distances.Distance``.
     """
+
+    supports_miner = True
 
     def __init__(self, boundary=defaults.RLL_BOUNDARY, margin=defaults.RLL_MARGIN,
                  neg_temperature=defaults.RLL_NEG_TEMPERATURE,
@@ -81,7 +83,7 @@ class RankedListLoss(PairLoss):
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
         dists = self.distance(embeddings, ref_embeddings)
-        pos, neg = ops.pair_masks(labels, ref_labels)
+        pos, neg = self.pair_masks(embeddings, labels, ref_embeddings, ref_labels)
         loss = ranked_list(dists, pos, neg, self.boundary, self.margin, self.neg_temperature,
                            self.pos_temperature, self.neg_weight)
         return loss + self.distance.regularizer(embeddings)

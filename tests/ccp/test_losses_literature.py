@@ -31,12 +31,14 @@ def batch(num_classes, per_class, dim, seed, scale=1.5):
     return x.astype(np.float32), np.repeat(np.arange(num_classes), per_class)
 
 
-def partners(i, y, ry):
-    """(j, same label?) for every reference j anchor i forms a pair with."""
+def partners(i, y, ry, keep=None):
+    """(j, same label?) for every reference j anchor i forms a pair with (and ``keep`` keeps)."""
     same_set = ry is None
     ref = y if same_set else ry
     for j in range(len(ref)):
         if (same_set and i == j) or y[i] < 0 or ref[j] < 0:
+            continue
+        if keep is not None and (i, j) not in keep:
             continue
         yield j, y[i] == ref[j]
 
@@ -82,14 +84,14 @@ def tf_value_and_grads(layer, labels, x, extra=()):
 
 
 # ----------------------------------------------------------------------------- references
-def ref_circle(x, y, r=None, ry=None, frozen=None, m=0.4, gamma=80.0):
+def ref_circle(x, y, r=None, ry=None, frozen=None, m=0.4, gamma=80.0, keep=None):
     """Circle loss (Sun et al. 2020, Eq. 4 with O_p = 1 + m, O_n = -m, D_p = 1 - m, D_n = m)."""
     r = x if r is None else r
     fx, fr = (x, r) if frozen is None else frozen
     total, count = 0.0, 0
     for i in range(len(x)):
         pos, neg = [], []
-        for j, same in partners(i, y, ry):
+        for j, same in partners(i, y, ry, keep):
             s, s_frozen = float(x[i] @ r[j]), float(fx[i] @ fr[j])
             if same:
                 pos.append(-gamma * max(1 + m - s_frozen, 0.0) * (s - (1 - m)))
@@ -101,7 +103,7 @@ def ref_circle(x, y, r=None, ry=None, frozen=None, m=0.4, gamma=80.0):
     return total / max(count, 1)
 
 
-def ref_fastap(x, y, r=None, ry=None, frozen=None, num_bins=10):
+def ref_fastap(x, y, r=None, ry=None, frozen=None, num_bins=10, keep=None):
     """FastAP (Cakir et al. 2019): triangular-kernel histograms over L + 1 centers in [0, 4]."""
     r = x if r is None else r
     centers = np.linspace(0.0, 4.0, num_bins + 1)
@@ -109,7 +111,7 @@ def ref_fastap(x, y, r=None, ry=None, frozen=None, num_bins=10):
     total, count = 0.0, 0
     for i in range(len(x)):
         h_pos, h_all, n_pos = np.zeros(num_bins + 1), np.zeros(num_bins + 1), 0
-        for j, same in partners(i, y, ry):
+        for j, same in partners(i, y, ry, keep):
             d = float(np.sum((x[i] - r[j]) ** 2))
             kernel = np.maximum(0.0, 1.0 - np.abs(d - centers) / delta)
             h_all += kernel
@@ -126,14 +128,14 @@ def ref_fastap(x, y, r=None, ry=None, frozen=None, num_bins=10):
 
 
 def ref_ranked_list(x, y, r=None, ry=None, frozen=None, alpha=1.2, m=0.4, t_n=10.0, t_p=0.0,
-                    lam=1.0, dist=euclid):
+                    lam=1.0, dist=euclid, keep=None):
     """Ranked List loss (Wang et al. 2019): L_P + lambda L_N per anchor, mean over anchors."""
     r = x if r is None else r
     fx, fr = (x, r) if frozen is None else frozen
     total = 0.0
     for i in range(len(x)):
         pos, neg = [], []  # (violation, frozen weight)
-        for j, same in partners(i, y, ry):
+        for j, same in partners(i, y, ry, keep):
             d, d_frozen = dist(x[i], r[j]), dist(fx[i], fr[j])
             if same and d_frozen > alpha - m:
                 pos.append((d - (alpha - m), np.exp(t_p * (d_frozen - (alpha - m)))))
@@ -290,6 +292,29 @@ def test_fastap_is_one_minus_exact_ap_when_bins_separate_the_distances():
     assert value == pytest.approx(1 - (1 / 2 + 2 / 3) / 2, abs=1e-5)
 
 
+def hard_negative_pairs(x, y):
+    """The pairs a hard-negative miner keeps: every positive, and per anchor its k closest
+    negatives (ties kept), k the largest number of positives of any anchor."""
+    pairs = {i: list(partners(i, y, None)) for i in range(len(x))}
+    k = max(1, max(sum(same for _, same in p) for p in pairs.values()))
+    keep = set()
+    for i, p in pairs.items():
+        negatives = sorted(euclid(x[i], x[j]) for j, same in p if not same)
+        kth = negatives[min(k, len(negatives)) - 1]
+        keep |= {(i, j) for j, same in p if same or euclid(x[i], x[j]) <= kth}
+    return keep
+
+
+@pytest.mark.parametrize("name", ["circle", "fastap", "ranked_list"])
+def test_new_losses_take_a_miner(name):
+    make, reference = NEW_CASES[name]
+    layer = type(make())(miner="hard_negatives")
+    x, y = batch(3, 2, 4, seed=24)
+    keep = hard_negative_pairs(lip(x), y)
+    assert len(keep) < len(y) * (len(y) - 1)  # the miner drops pairs
+    assert float(layer(y, x)) == pytest.approx(reference(lip(x), y, keep=keep), rel=1e-4)
+
+
 # ----------------------------------------------------------------------------- SNR distance
 def test_snr_distances_match_the_definition():
     rng = np.random.default_rng(7)
@@ -318,8 +343,12 @@ def test_distance_registry_and_errors():
     assert distances.get(snr_distance) is snr_distance
     assert distances.get(distances.serialize(snr_distance)) == snr_distance
     assert distances.get("snr").regularization_weight == defaults.SNR_REGULARIZATION_WEIGHT
-    with pytest.raises(ValueError, match=r"distance must be one of \['euclidean', 'snr'\]"):
+    with pytest.raises(ValueError, match=r"distance must be one of \['euclidean', 'snr', "
+                                         r"'squared_euclidean'\]"):
         losses.TripletLoss(distance="cosine")
+    squared = distances.get("squared_euclidean")
+    a = np.array([[0.0, 1.0], [2.0, 0.0]])
+    np.testing.assert_allclose(squared(tf.constant(a)).numpy(), [[0.0, 5.0], [5.0, 0.0]])
     with pytest.raises(ValueError, match="regularization_weight must be >= 0"):
         losses.SNRDistance(-1.0)
     x = np.array([[1.0, 2.0, -4.0], [0.5, 0.5, 0.5]])

@@ -13,12 +13,26 @@ from experiments import registry
 
 
 def build_loss(config, num_classes, seed=0):
-    """The loss layer: base loss, optionally inside CCP and/or a cross-batch memory."""
+    """The loss layer: the base loss, inside Proxy Synthesis (proxy losses), CCP and/or a
+    cross-batch memory (pair losses) and MDR (any) when asked."""
     spec = registry.LOSSES[config.loss.name]
     embedding_size = config.model.embedding_size
     loss = spec.build(config.loss, num_classes, embedding_size, seed)
-    if spec.kind == registry.PROXY:
-        return loss
+    if config.loss.proxy_synthesis:
+        loss = ccp.losses.ProxySynthesisLoss(
+            loss, alpha=config.loss.proxy_synthesis_alpha, mu=config.loss.proxy_synthesis_mu,
+            seed=seed)
+    if spec.kind == registry.PAIR:
+        loss = _wrap_pair_loss(config, loss, num_classes)
+    if config.loss.mdr:
+        loss = ccp.losses.MultiLevelDistanceRegularization(
+            loss, weight=config.loss.mdr_weight, level_penalty=config.loss.mdr_level_penalty)
+    return loss
+
+
+def _wrap_pair_loss(config, loss, num_classes):
+    """CCP and/or a cross-batch memory around a pair loss."""
+    embedding_size = config.model.embedding_size
     if config.ccp.enabled:
         loss = ccp.losses.CCPLoss(
             loss, num_classes, embedding_size,

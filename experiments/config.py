@@ -113,6 +113,21 @@ class LossConfig:
                                        "losses.", registry.DISTANCES)
     rho_p_switch: float = _field(D.RHO_P_SWITCH, "rho-regularization switch probability of "
                                                  "triplet and margin losses (paper: 0.2).")
+    miner: str = _field(registry.NO_MINER, "Pair miner of every pair loss.", registry.MINERS)
+    average_nonzero_only: bool = _field(D.AVERAGE_NONZERO_ONLY, "Average over non-zero terms; "
+                                        "false = over all terms (contrastive, triplet, margin).")
+    normalized_softmax_temperature: float = _field(D.NORMALIZED_SOFTMAX_TEMPERATURE,
+                                                   "Normalized softmax temperature.")
+    virtual_softmax_temperature: float = _field(D.VIRTUAL_SOFTMAX_TEMPERATURE,
+                                                "Virtual softmax temperature.")
+    virtual_softmax_margin: float = _field(D.VIRTUAL_SOFTMAX_MARGIN, "Virtual softmax margin.")
+    proxy_synthesis: bool = _field(False, "Wrap a proxy loss in Proxy Synthesis.")
+    proxy_synthesis_alpha: float = _field(D.PROXY_SYNTHESIS_ALPHA, "Proxy Synthesis Beta "
+                                                                   "parameter alpha.")
+    proxy_synthesis_mu: float = _field(D.PROXY_SYNTHESIS_MU, "Proxy Synthesis ratio mu.")
+    mdr: bool = _field(False, "Add multi-level distance regularization (MDR) to the loss.")
+    mdr_weight: float = _field(D.MDR_WEIGHT, "MDR weight.")
+    mdr_level_penalty: float = _field(D.MDR_LEVEL_PENALTY, "MDR level penalty.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,7 +306,8 @@ class ExperimentConfig:
     @property
     def method(self):
         """The method's title in tables ("C2-CCP")."""
-        return registry.method_title(self.loss.name, self.ccp.enabled, self.xbm.enabled)
+        return registry.method_title(self.loss.name, self.ccp.enabled, self.xbm.enabled,
+                                     self.loss.proxy_synthesis, self.loss.mdr)
 
 
 POSITIVE_INTS = (
@@ -345,8 +361,22 @@ def _combination_problems(config):
     if loss in registry.PAIR_LOSSES and data.samples_per_class < 2:
         problems.append(f"--loss={loss} needs positive pairs in a batch: --samples_per_class "
                         "must be >= 2")
+    problems += _loss_option_problems(config.loss)
     if config.run.strategy == "tpu" and not config.run.tpu:
         problems.append("--strategy=tpu needs --tpu (the TPU name or address)")
+    return problems
+
+
+def _loss_option_problems(loss):
+    spec, problems = registry.LOSSES[loss.name], []
+    if loss.miner != registry.NO_MINER and spec.kind != registry.PAIR:
+        problems.append(f"--miner={loss.miner} needs a pair loss, not --loss={loss.name}")
+    if not loss.average_nonzero_only and not spec.averages_all:
+        valid = ", ".join(n for n, s in registry.LOSSES.items() if s.averages_all)
+        problems.append(f"--noaverage_nonzero_only works with --loss={valid}, not {loss.name}")
+    if loss.proxy_synthesis and not spec.synthesizable:
+        valid = ", ".join(n for n, s in registry.LOSSES.items() if s.synthesizable)
+        problems.append(f"--proxy_synthesis wraps --loss={valid}, not {loss.name}")
     return problems
 
 

@@ -23,12 +23,16 @@ class LossSpec:
       kind: PAIR or PROXY.
       build: ``(loss_config, num_classes, embedding_size, seed) -> ccp.losses layer``; ``seed``
         is the fold's (for losses that draw random numbers).
+      averages_all: accepts ``average_nonzero_only=False`` (the reference's mean over all terms).
+      synthesizable: a proxy loss Proxy Synthesis can wrap.
     """
 
     name: str
     title: str
     kind: str
     build: Callable
+    averages_all: bool = False
+    synthesizable: bool = False
 
 
 def _losses():
@@ -37,44 +41,64 @@ def _losses():
     return losses
 
 
+def _pair_options(cfg):
+    """Options every pair loss takes: the miner and the reduction."""
+    return dict(miner=None if cfg.miner == NO_MINER else cfg.miner,
+                average_nonzero_only=cfg.average_nonzero_only)
+
+
 def _contrastive(cfg, num_classes, embedding_size, seed):
     return _losses().ContrastiveLoss(pos_margin=cfg.pos_margin, neg_margin=cfg.neg_margin,
-                                     distance=cfg.distance)
+                                     distance=cfg.distance, **_pair_options(cfg))
 
 
 def _cosine_contrastive(cfg, num_classes, embedding_size, seed):
-    return _losses().CosineContrastiveLoss(margin=cfg.cosine_margin)
+    return _losses().CosineContrastiveLoss(margin=cfg.cosine_margin, **_pair_options(cfg))
 
 
 def _triplet(cfg, num_classes, embedding_size, seed):
     return _losses().TripletLoss(margin=cfg.triplet_margin, distance=cfg.distance,
-                                 p_switch=cfg.rho_p_switch, switch_seed=seed)
+                                 p_switch=cfg.rho_p_switch, switch_seed=seed,
+                                 **_pair_options(cfg))
 
 
 def _multi_similarity(cfg, num_classes, embedding_size, seed):
     return _losses().MultiSimilarityLoss(
-        alpha=cfg.ms_alpha, beta=cfg.ms_beta, base=cfg.ms_base, mining=cfg.ms_mining)
+        alpha=cfg.ms_alpha, beta=cfg.ms_beta, base=cfg.ms_base, mining=cfg.ms_mining,
+        **_pair_options(cfg))
 
 
 def _margin(cfg, num_classes, embedding_size, seed):
     return _losses().MarginLoss(margin=cfg.margin_alpha, beta_init=cfg.margin_beta,
                                 distance=cfg.distance, p_switch=cfg.rho_p_switch,
-                                switch_seed=seed)
+                                switch_seed=seed, **_pair_options(cfg))
 
 
 def _circle(cfg, num_classes, embedding_size, seed):
-    return _losses().CircleLoss(margin=cfg.circle_margin, gamma=cfg.circle_gamma)
+    return _losses().CircleLoss(margin=cfg.circle_margin, gamma=cfg.circle_gamma,
+                                **_pair_options(cfg))
 
 
 def _fastap(cfg, num_classes, embedding_size, seed):
-    return _losses().FastAPLoss(num_bins=cfg.fastap_num_bins)
+    return _losses().FastAPLoss(num_bins=cfg.fastap_num_bins, **_pair_options(cfg))
 
 
 def _ranked_list(cfg, num_classes, embedding_size, seed):
     return _losses().RankedListLoss(
         boundary=cfg.rll_boundary, margin=cfg.rll_margin,
         neg_temperature=cfg.rll_neg_temperature, pos_temperature=cfg.rll_pos_temperature,
-        neg_weight=cfg.rll_neg_weight, distance=cfg.distance)
+        neg_weight=cfg.rll_neg_weight, distance=cfg.distance, **_pair_options(cfg))
+
+
+def _normalized_softmax(cfg, num_classes, embedding_size, seed):
+    return _losses().NormalizedSoftmaxLoss(
+        num_classes, embedding_size, temperature=cfg.normalized_softmax_temperature)
+
+
+def _virtual_softmax(cfg, num_classes, embedding_size, seed):
+    return _losses().VirtualSoftmaxLoss(
+        num_classes, embedding_size, temperature=cfg.virtual_softmax_temperature,
+        margin=cfg.virtual_softmax_margin)
 
 
 def _proxy_anchor(cfg, num_classes, embedding_size, seed):
@@ -95,17 +119,20 @@ def _soft_triple(cfg, num_classes, embedding_size, seed):
 
 
 LOSSES = {spec.name: spec for spec in (
-    LossSpec("contrastive", "C2", PAIR, _contrastive),
+    LossSpec("contrastive", "C2", PAIR, _contrastive, averages_all=True),
     LossSpec("cosine_contrastive", "C1", PAIR, _cosine_contrastive),
-    LossSpec("triplet", "Triplet", PAIR, _triplet),
+    LossSpec("triplet", "Triplet", PAIR, _triplet, averages_all=True),
     LossSpec("multi_similarity", "MS", PAIR, _multi_similarity),
-    LossSpec("margin", "Margin", PAIR, _margin),
+    LossSpec("margin", "Margin", PAIR, _margin, averages_all=True),
     LossSpec("circle", "Circle", PAIR, _circle),
     LossSpec("fastap", "FastAP", PAIR, _fastap),
     LossSpec("ranked_list", "RLL", PAIR, _ranked_list),
-    LossSpec("proxy_anchor", "ProxyAnchor", PROXY, _proxy_anchor),
-    LossSpec("proxy_nca", "ProxyNCA++", PROXY, _proxy_nca),
+    LossSpec("proxy_anchor", "ProxyAnchor", PROXY, _proxy_anchor, synthesizable=True),
+    LossSpec("proxy_nca", "ProxyNCA++", PROXY, _proxy_nca, synthesizable=True),
     LossSpec("soft_triple", "SoftTriple", PROXY, _soft_triple),
+    LossSpec("normalized_softmax", "NormSoftmax", PROXY, _normalized_softmax,
+             synthesizable=True),
+    LossSpec("virtual_softmax", "VirtualSoftmax", PROXY, _virtual_softmax, synthesizable=True),
 )}
 PAIR_LOSSES = tuple(name for name, spec in LOSSES.items() if spec.kind == PAIR)
 PROXY_LOSSES = tuple(name for name, spec in LOSSES.items() if spec.kind == PROXY)
@@ -138,8 +165,11 @@ LR_SCHEDULES = ("constant", "plateau", "exponential")
 DATASETS = ("digits", "glyphs", "cub", "cars196", "sop", "inshop")
 EMBEDDED_DATASETS = ("digits", "glyphs")  # rendered in memory: no --data_dir
 POOLINGS = ("avg", "max", "avg+max")
+# Pair miners (a test checks ccp.losses.miners.REGISTRY); "none" mines nothing.
+NO_MINER = "none"
+MINERS = (NO_MINER, "hard_negatives", "distance_weighted", "multi_similarity")
 # Distances of the pair losses that take one (a test checks ccp.losses.distances.REGISTRY).
-DISTANCES = ("euclidean", "snr")
+DISTANCES = ("euclidean", "squared_euclidean", "snr")
 # data_pipelines.DATA_SOURCES and data_pipelines.pipelines.INPUT_PIPELINES (checked by a test).
 DATA_SOURCES = ("files", "tfds")
 INPUT_PIPELINES = ("generator", "ingraph")
@@ -148,11 +178,12 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
-def method_title(loss_name, ccp=False, xbm=False):
-    """The method's name in tables: "C2", "C2-CCP", "MS + XBM", ..."""
+def method_title(loss_name, ccp=False, xbm=False, proxy_synthesis=False, mdr=False):
+    """The method's name in tables: "C2", "C2-CCP", "MS + XBM", "ProxyNCA++ + PS", ..."""
     title = LOSSES[loss_name].title
     if ccp:
         title += "-CCP"
-    if xbm:
-        title += " + XBM"
+    for on, suffix in ((xbm, " + XBM"), (proxy_synthesis, " + PS"), (mdr, " + MDR")):
+        if on:
+            title += suffix
     return title

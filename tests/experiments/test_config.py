@@ -33,6 +33,7 @@ def test_registry_matches_the_library_and_the_data_sets():
     assert set(registry.EMBEDDED_DATASETS) == set(data_pipelines.EMBEDDED)
     assert set(registry.LR_SCHEDULES) == set(ccp.training.LR_SCHEDULES)
     assert set(registry.DISTANCES) == set(ccp.losses.distances.REGISTRY)
+    assert set(registry.MINERS) - {registry.NO_MINER} == set(ccp.losses.miners.REGISTRY)
     assert set(registry.BACKBONES) == set(ccp.models.embedding.BACKBONES)
     assert set(registry.DATA_SOURCES) == set(data_pipelines.DATA_SOURCES)
     assert set(registry.INPUT_PIPELINES) == set(data_pipelines.pipelines.INPUT_PIPELINES)
@@ -83,6 +84,15 @@ def test_command_line_defaults_are_the_library_defaults():
         (cfg.loss.rll_pos_temperature, _default(losses.RankedListLoss, "pos_temperature")),
         (cfg.loss.distance, _default(losses.TripletLoss, "distance")),
         (cfg.loss.rho_p_switch, _default(losses.TripletLoss, "p_switch")),
+        (cfg.loss.normalized_softmax_temperature,
+         _default(losses.NormalizedSoftmaxLoss, "temperature")),
+        (cfg.loss.virtual_softmax_temperature, _default(losses.VirtualSoftmaxLoss, "temperature")),
+        (cfg.loss.virtual_softmax_margin, _default(losses.VirtualSoftmaxLoss, "margin")),
+        (cfg.loss.proxy_synthesis_alpha, _default(losses.ProxySynthesisLoss, "alpha")),
+        (cfg.loss.proxy_synthesis_mu, _default(losses.ProxySynthesisLoss, "mu")),
+        (cfg.loss.mdr_weight, _default(losses.MultiLevelDistanceRegularization, "weight")),
+        (cfg.loss.mdr_level_penalty,
+         _default(losses.MultiLevelDistanceRegularization, "level_penalty")),
         (cfg.ccp.proxies_per_class, _default(losses.CCPLoss, "proxies_per_class")),
         (cfg.ccp.pair_weight, _default(losses.CCPLoss, "pair_weight")),
         (cfg.ccp.proxy_weight, _default(losses.CCPLoss, "proxy_weight")),
@@ -151,6 +161,25 @@ def test_data_independent_conflicts_name_the_flags(tmp_path):
     with pytest.raises(config_lib.ConfigError, match="--ccp_min_iterations must be >= 1"):
         config_lib.validate(base.replace(ccp_min_iterations=0))
     config_lib.validate(base.replace(dataset="glyphs"))  # embedded: no --data_dir needed
+    with pytest.raises(config_lib.ConfigError, match="--miner=hard_negatives needs a pair loss"):
+        config_lib.validate(base.replace(loss="proxy_nca", miner="hard_negatives"))
+    with pytest.raises(config_lib.ConfigError, match="--proxy_synthesis wraps --loss=proxy_anch"):
+        config_lib.validate(base.replace(loss="soft_triple", proxy_synthesis=True))
+    with pytest.raises(config_lib.ConfigError, match="--noaverage_nonzero_only works with"):
+        config_lib.validate(base.replace(loss="multi_similarity", average_nonzero_only=False))
+
+
+def test_loss_wrappers_compose_as_the_flags_say():
+    import ccp
+    from experiments import builders
+
+    base = config_lib.ExperimentConfig()
+    synthesis = builders.build_loss(base.replace(loss="proxy_nca", proxy_synthesis=True), 4, 3)
+    assert isinstance(synthesis, ccp.losses.ProxySynthesisLoss)
+    mdr = builders.build_loss(base.replace(ccp=True, mdr=True, miner="hard_negatives"), 4)
+    assert isinstance(mdr, ccp.losses.MultiLevelDistanceRegularization)
+    assert base.replace(ccp=True, mdr=True).method == "C2-CCP + MDR"
+    assert base.replace(loss="proxy_nca", proxy_synthesis=True).method == "ProxyNCA++ + PS"
 
 
 def test_no_long_functions_or_classes_in_experiments():

@@ -10,6 +10,7 @@
 Usage:
   python benchmarks/train_step.py                       # small_cnn 64x64, 100 classes
   python benchmarks/train_step.py --backbone=bn_inception --image_size=227
+  python benchmarks/train_step.py --steps_per_execution=8 --jit_compile  # issue 13 options
 """
 import os
 import statistics
@@ -33,6 +34,8 @@ flags.DEFINE_integer("warmup_steps", 10, "Untimed steps (tracing, autotuning).")
 flags.DEFINE_integer("steps", 50, "Timed steps per repetition.")
 flags.DEFINE_integer("repeats", 3, "Alternating timed repetitions of each variant (median kept).")
 flags.DEFINE_string("precision", "float32", "Keras dtype policy (float32, mixed_float16, ...).")
+flags.DEFINE_integer("steps_per_execution", 1, "Train steps per tf.function call.")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the replica step.")
 flags.DEFINE_bool("train_step", True, "Time the C2 vs C2-CCP train step.")
 flags.DEFINE_bool("projection", True, "Time the SOP-scale projection.")
 flags.DEFINE_integer("sop_classes", 11318, "Classes of the projection benchmark.")
@@ -54,15 +57,21 @@ def _trainer(ccp, loss):
         backbone=FLAGS.backbone, embedding_size=FLAGS.embedding_size,
         image_size=FLAGS.image_size)
     optimization = ccp.training.build_optimization(model, loss, learning_rate=1e-5)
-    return ccp.training.Trainer(model, loss, optimization, progress_bar=False)
+    return ccp.training.Trainer(model, loss, optimization, progress_bar=False,
+                                steps_per_execution=FLAGS.steps_per_execution,
+                                jit_compile=FLAGS.jit_compile)
 
 
 def _time_steps(trainer, iterator, steps):
-    """Seconds per step as the training loop runs it (step + reading the loss terms)."""
+    """Seconds per step as the training loop runs it: ``--steps_per_execution`` steps per
+    device call, then one read of the summed loss terms."""
+    per_call = FLAGS.steps_per_execution
+    calls = max(1, steps // per_call)
     started = time.perf_counter()
-    for _ in range(steps):
-        {k: float(v) for k, v in trainer.train_step(iterator).items()}
-    return (time.perf_counter() - started) / steps
+    for _ in range(calls):
+        sums, _, _, _ = trainer.steps["train"].run(iterator, per_call)
+        {k: float(v) for k, v in sums.items()}
+    return (time.perf_counter() - started) / (calls * per_call)
 
 
 def benchmark_train_step(tf, keras, ccp):
@@ -86,7 +95,8 @@ def benchmark_train_step(tf, keras, ccp):
     medians = {name: statistics.median(values) * 1e3 for name, values in times.items()}
     batch = FLAGS.classes_per_batch * FLAGS.samples_per_class
     print(f"train step, backbone={FLAGS.backbone} {FLAGS.image_size}px, batch {batch}, "
-          f"D={FLAGS.embedding_size}, precision={FLAGS.precision}, "
+          f"D={FLAGS.embedding_size}, precision={FLAGS.precision}, steps/call="
+          f"{FLAGS.steps_per_execution}, jit_compile={FLAGS.jit_compile}, "
           f"device={'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'}")
     for name, ms in medians.items():
         print(f"  {name:7s} {ms:8.2f} ms/step  (repetitions: "

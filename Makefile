@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_output
 
-.PHONY: test demo install clean benchmarks
+.PHONY: test demo install clean benchmarks baselines-venv
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/input_pipeline.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/eval_scale.py
+
+# Baselines of benchmarks/eval_scale.py (torch, faiss, pytorch-metric-learning) live in their
+# own venv, never in ccp's dependencies.
+BASELINES_VENV := benchmarks/.venv-baselines
+baselines-venv:
+	test -x $(BASELINES_VENV)/bin/python || $(PYTHON) -m venv $(BASELINES_VENV)
+	$(BASELINES_VENV)/bin/python -m pip install --quiet torch faiss-cpu pytorch-metric-learning
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) *.egg-info

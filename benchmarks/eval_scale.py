@@ -1,23 +1,31 @@
 """Evaluation at scale: ccp.metrics.retrieval_metrics on SOP-test-sized embeddings vs a baseline.
 
 Synthetic clustered embeddings with the shape of the Stanford Online Products test set (60,502
-images of 11,316 classes with 2-12 images each; seeded) at 128 and 512 dimensions.  Every
-(implementation, dimension) pair runs in its own subprocess so that each peak RSS (VmHWM, reset
-right before the timed call through /proc/self/clear_refs) is measured separately.
+images of 11,316 classes with 2-12 images each; seeded) at 128 and 512 dimensions, written once
+to .npy files that every worker loads.  Every (implementation, dimension) pair runs in its own
+subprocess so that each peak RSS (VmHWM, reset right before the timed call through
+/proc/self/clear_refs) is measured separately.
 
 Baseline, measured in the same run: pytorch-metric-learning's AccuracyCalculator (its default
-faiss IndexFlatL2 kNN) when importable, otherwise an exact chunked numpy brute force (matmul,
-then per query argpartition + stable argsort of the candidates, so ties keep the lower index).
+faiss IndexFlatL2 kNN).  torch, faiss-cpu and pytorch-metric-learning are not dependencies of
+ccp: they live in their own virtual environment, benchmarks/.venv-baselines (`make
+baselines-venv` creates it); the script runs the baseline workers with that environment's
+python, or with the current one if it has them, and prints the ccp figures alone when neither
+does.  `--baseline numpy` compares against an exact chunked numpy brute force instead.
 
-    python benchmarks/eval_scale.py            # full SOP size, 128-D and 512-D
-    python benchmarks/eval_scale.py --quick    # 1/10 of the size
-    python benchmarks/eval_scale.py --baseline numpy --dims 128
+`--large N` adds a bounded-memory run: N x 128 embeddings saved to a .npy file and evaluated
+from the file's path (streamed in blocks, never loaded whole).
+
+    python benchmarks/eval_scale.py                  # full SOP size, 128-D and 512-D
+    python benchmarks/eval_scale.py --quick          # 1/10 of the size
+    python benchmarks/eval_scale.py --dims 128 --large 250000
 """
 import argparse
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -25,6 +33,8 @@ import numpy as np
 SOP_TEST_IMAGES = 60502
 SOP_TEST_CLASSES = 11316
 METRIC_NAMES = ("precision_at_1", "r_precision", "map_at_r")
+BASELINE_VENV = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".venv-baselines")
+AGREEMENT = 1e-6  # largest metric difference accepted as "identical numbers"
 PML_NAMES = {
     "precision_at_1": "precision_at_1",
     "r_precision": "r_precision",
@@ -140,12 +150,14 @@ RUNNERS = {"ours": run_ours, "pml": run_pml, "numpy": run_numpy}
 
 
 def worker(args):
-    x, labels = make_dataset(args.num_images, args.num_classes, args.dim, seed=args.seed)
-    runner = RUNNERS[args.worker]
-    if args.worker == "ours":
+    labels = np.load(args.labels)
+    # The streamed run hands over the file's path; the others load the array first (untimed).
+    x = args.data if args.worker == "ours-streamed" else np.load(args.data)
+    if args.worker.startswith("ours"):
         import ccp.metrics  # noqa: F401  (import TF before the timed call, like the others)
     elif args.worker == "pml":
         import pytorch_metric_learning.utils.accuracy_calculator  # noqa: F401
+    runner = RUNNERS["ours" if args.worker.startswith("ours") else args.worker]
     rss_before = _current_rss_bytes()
     reset = _reset_peak_rss()
     start = time.perf_counter()
@@ -160,12 +172,9 @@ def worker(args):
     }))
 
 
-def _spawn(kind, dim, args):
-    command = [
-        sys.executable, os.path.abspath(__file__), "--worker", kind, "--dim", str(dim),
-        "--num-images", str(args.num_images), "--num-classes", str(args.num_classes),
-        "--seed", str(args.seed),
-    ]
+def _spawn(kind, data_path, labels_path, python=None):
+    command = [python or sys.executable, os.path.abspath(__file__), "--worker", kind,
+               "--data", data_path, "--labels", labels_path]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, env.get("PYTHONPATH")]))
@@ -175,59 +184,100 @@ def _spawn(kind, dim, args):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _pml_importable():
-    try:
-        import faiss  # noqa: F401
-        import pytorch_metric_learning  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _pml_python():
+    """A python that imports torch, faiss and pytorch-metric-learning (the baseline venv's
+    first, then the current one), or None."""
+    for python in (os.path.join(BASELINE_VENV, "bin", "python"), sys.executable):
+        if os.path.exists(python) and subprocess.run(
+                [python, "-c", "import faiss, torch, pytorch_metric_learning"],
+                capture_output=True).returncode == 0:
+            return python
+    return None
+
+
+def _print_row(name, measured):
+    mib = 2.0**20
+    values = ", ".join(f"{n} {measured['metrics'][n]:.6f}" for n in METRIC_NAMES)
+    reset_note = "" if measured["peak_reset"] else " (peak not reset: includes setup)"
+    print(f"  {name:12s} {measured['seconds']:8.2f} s   peak RSS "
+          f"{measured['peak_rss'] / mib:7.0f} MiB (RSS before call "
+          f"{measured['rss_before'] / mib:.0f} MiB){reset_note}   {values}", flush=True)
+
+
+def _save(directory, name, x, labels):
+    data, label_path = os.path.join(directory, f"{name}.npy"), os.path.join(
+        directory, f"{name}-labels.npy")
+    np.save(data, x)
+    np.save(label_path, labels)
+    return data, label_path
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1/10 of the SOP test size")
-    parser.add_argument("--dims", type=int, nargs="+", default=[128, 512])
-    parser.add_argument("--baseline", choices=["auto", "pml", "numpy"], default="auto")
+    parser.add_argument("--dims", type=int, nargs="*", default=[128, 512])
+    parser.add_argument("--baseline", choices=["auto", "pml", "numpy", "none"], default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-images", type=int, default=None)
     parser.add_argument("--num-classes", type=int, default=None)
-    parser.add_argument("--worker", choices=sorted(RUNNERS), help=argparse.SUPPRESS)
-    parser.add_argument("--dim", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--large", type=int, nargs="?", const=250000, default=None,
+                        help="also evaluate LARGE x 128 embeddings streamed from a .npy path")
+    parser.add_argument("--worker", choices=["ours", "ours-streamed", *RUNNERS],
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--labels", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return
     if args.num_images is None:
         args.num_images = SOP_TEST_IMAGES // (10 if args.quick else 1)
     if args.num_classes is None:
         args.num_classes = SOP_TEST_CLASSES // (10 if args.quick else 1)
-    if args.worker:
-        worker(args)
-        return
 
-    baseline = args.baseline
-    if baseline == "auto":
-        baseline = "pml" if _pml_importable() else "numpy"
+    baseline, python = args.baseline, None
+    if baseline in ("auto", "pml"):
+        python = _pml_python()
+        if python is None and baseline == "pml":
+            parser.error("--baseline pml: no python with torch, faiss and pytorch-metric-learning "
+                         f"(create {BASELINE_VENV} with `make baselines-venv`)")
+        baseline = "pml" if python else "none"
     baseline_name = {
-        "pml": "pytorch-metric-learning AccuracyCalculator (faiss IndexFlatL2)",
+        "pml": f"pytorch-metric-learning AccuracyCalculator (faiss IndexFlatL2), {python}",
         "numpy": "numpy chunked brute force (argpartition + stable argsort)",
+        "none": "none (no python with torch + faiss + pytorch-metric-learning; "
+                "`make baselines-venv` creates one)",
     }[baseline]
     print(f"{args.num_images} images, {args.num_classes} classes (2-12 images each), seed "
-          f"{args.seed}; {os.cpu_count()} CPU cores; baseline: {baseline_name}")
-    mib = 2.0**20
-    for dim in args.dims:
-        ours = _spawn("ours", dim, args)
-        theirs = _spawn(baseline, dim, args)
-        diff = max(abs(ours["metrics"][n] - theirs["metrics"][n]) for n in METRIC_NAMES)
-        print(f"\n{dim}-D")
-        for name, measured in (("ccp.metrics", ours), (baseline, theirs)):
-            values = ", ".join(f"{n} {measured['metrics'][n]:.6f}" for n in METRIC_NAMES)
-            reset_note = "" if measured["peak_reset"] else " (peak not reset: includes setup)"
-            print(f"  {name:12s} {measured['seconds']:8.2f} s   peak RSS "
-                  f"{measured['peak_rss'] / mib:7.0f} MiB (RSS before call "
-                  f"{measured['rss_before'] / mib:.0f} MiB){reset_note}   {values}")
-        print(f"  speed ratio {baseline}/ccp.metrics: {theirs['seconds'] / ours['seconds']:.2f}x; "
-              f"max |metric difference| {diff:.2e} "
-              f"({'agree to 1e-5' if diff <= 1e-5 else 'DISAGREE beyond 1e-5'})")
+          f"{args.seed}; {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; "
+          f"baseline: {baseline_name}", flush=True)
+    ratios = {}
+    with tempfile.TemporaryDirectory(prefix="eval_scale_") as directory:
+        for dim in args.dims:
+            x, labels = make_dataset(args.num_images, args.num_classes, dim, seed=args.seed)
+            paths = _save(directory, f"sop{dim}", x, labels)
+            del x
+            print(f"\n{dim}-D", flush=True)
+            ours = _spawn("ours", *paths)
+            _print_row("ccp.metrics", ours)
+            if baseline == "none":
+                continue
+            theirs = _spawn(baseline, *paths, python=python)
+            _print_row(baseline, theirs)
+            diff = max(abs(ours["metrics"][n] - theirs["metrics"][n]) for n in METRIC_NAMES)
+            ratios[dim] = theirs["seconds"] / ours["seconds"]
+            print(f"  speed ratio {baseline}/ccp.metrics: {ratios[dim]:.2f}x; "
+                  f"max |metric difference| {diff:.2e} "
+                  f"({'identical to 1e-6' if diff <= AGREEMENT else 'DISAGREE beyond 1e-6'}); "
+                  f"load average now {os.getloadavg()[0]:.1f}", flush=True)
+        if args.large:
+            classes = args.large * SOP_TEST_CLASSES // SOP_TEST_IMAGES
+            x, labels = make_dataset(args.large, classes, 128, seed=args.seed)
+            paths = _save(directory, "large", x, labels)
+            del x
+            print(f"\n{args.large} x 128 ({classes} classes), streamed from a .npy path",
+                  flush=True)
+            _print_row("ccp.metrics", _spawn("ours-streamed", *paths))
 
 
 if __name__ == "__main__":

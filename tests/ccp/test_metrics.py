@@ -194,17 +194,21 @@ def test_result_does_not_depend_on_chunk_size(clustered, monkeypatch):
         result = metrics.retrieval_metrics(queries, labels[:45], refs, labels[45:],
                                            query_chunk_size=chunk)
         _assert_same(result, expected)
-    # The automatic chunk size follows the memory budget: a tiny budget forces 1-query chunks.
-    monkeypatch.setattr(metrics, "_CHUNK_BUDGET_BYTES", 1)
+    # The tile width follows the memory budget: a tiny budget forces 1-reference tiles.
+    monkeypatch.setattr(metrics, "_TILE_BUDGET_BYTES", 1)
     _assert_same(metrics.retrieval_metrics(x, labels), _brute_force(x, labels))
+    _assert_same(metrics.retrieval_metrics(x, labels, query_chunk_size=7),
+                 _brute_force(x, labels))
 
 
-def test_auto_chunk_size_bounds_the_distance_block():
-    # SOP test set: 60,502 references; k = 11 (largest class 12 minus the query itself).
-    chunk = metrics._auto_chunk_size(60502, 11)
-    assert 1 <= chunk and chunk * 60502 * 4 <= metrics._CHUNK_BUDGET_BYTES
-    assert chunk >= 256  # large enough for an efficient matmul
-    assert metrics._auto_chunk_size(10**9, 10) == 1
+def test_tiling_bounds_the_score_tile():
+    # SOP test set: 60,502 references.
+    rows, columns = metrics._cpu_tiling(60502, streamed=False, query_chunk_size=None)
+    assert rows >= 256 and rows * columns * 4 <= metrics._TILE_BUDGET_BYTES  # efficient matmul
+    rows, columns = metrics._cpu_tiling(10**9, streamed=True, query_chunk_size=None)
+    assert rows * columns * 4 <= metrics._TILE_BUDGET_BYTES and columns < 10**9
+    assert metrics._cpu_tiling(100, streamed=False, query_chunk_size=3) == (3, 100)
+    assert metrics._gpu_block_rows(10**9, None) == 1
 
 
 def test_labels_column_and_tensor_inputs(clustered):
@@ -351,40 +355,3 @@ def test_nmi_errors():
         metrics.nmi(np.array([[np.nan, 0.0], [0.0, 0.0]]), [0, 1])
     with pytest.raises(ValueError, match="3 entries"):
         metrics.nmi(np.zeros((2, 2)), [0, 1, 1])
-
-
-def test_grouped_top_k_equals_top_k_with_ties():
-    """The group-maxima selection returns exactly tf.math.top_k's indices, tie order included."""
-    import tensorflow as tf
-
-    from ccp.metrics import _grouped_top_k
-
-    rng = np.random.default_rng(7)
-    for columns, k in [(1, 1), (63, 5), (64, 64), (200, 13), (1000, 40), (130, 129)]:
-        coarse = rng.integers(0, 6, size=(9, columns)).astype(np.float32)  # many exact ties
-        fine = rng.normal(size=(9, columns)).astype(np.float32)
-        for scores in (coarse, fine):
-            expected = tf.math.top_k(scores, k=k, sorted=True).indices.numpy()
-            got = _grouped_top_k(tf.constant(scores), tf.constant(k)).numpy()
-            np.testing.assert_array_equal(got, expected)
-
-
-def test_cpu_and_tensorflow_neighbour_paths_agree():
-    """The numpy (CPU) and TensorFlow (GPU) neighbour searches return identical indices."""
-    import tensorflow as tf
-
-    from ccp import metrics as m
-
-    rng = np.random.default_rng(11)
-    refs = np.round(rng.normal(size=(300, 6)) * 4) / 4  # coarse grid: exact distance ties
-    refs[50:60] = refs[40]  # duplicates
-    augmented = m._augmented_references(refs.astype(np.float32), normalize=True)
-    queries = augmented[::7, :-1].copy()
-    for k in (1, 9, 64, 150):
-        cpu = m._top_k_neighbours_numpy(queries, augmented, k)
-        gpu = m._top_k_neighbours(tf.constant(queries), tf.constant(augmented),
-                                  tf.constant(k)).numpy()
-        np.testing.assert_array_equal(cpu, gpu)
-        scores = np.concatenate([queries, np.ones((len(queries), 1), np.float32)], 1) @ augmented.T
-        np.testing.assert_array_equal(cpu, m._grouped_top_k_numpy(scores, k))
-        np.testing.assert_array_equal(cpu, tf.math.top_k(scores, k=k).indices.numpy())

@@ -39,6 +39,8 @@ LOADERS = {
 }
 EMBEDDED = ("digits", "glyphs")  # rendered here, no data_dir; loaders take image_size
 DATA_SOURCES = ("files", "tfds")  # where load() reads a FILE_LOADERS data set from
+# loader options that change records (read from the files only): CUB variants, box crops
+FILE_ONLY_OPTIONS = ("variant", "noise_seed", "crop_to_bbox", "crop_dir")
 
 
 def load(name, data_dir=None, skip_corrupt=False, allow_partial=False, data_source="files",
@@ -57,7 +59,9 @@ def load(name, data_dir=None, skip_corrupt=False, allow_partial=False, data_sour
       allow_partial: accept a copy smaller than the published one (missing files dropped, one
         warning naming what is missing) instead of raising IncompleteDatasetError.
       **kwargs: loader options: the other fields of _layout.Checks (cache_dir, report_path,
-        check_files, check_images) and `expected` for file data sets; digits: image_size.
+        check_files, check_images) and `expected` for file data sets; cub and cars196:
+        crop_to_bbox, crop_dir; cub: variant ("standard", "closed", "low_noise",
+        "medium_noise", "high_noise"), noise_seed; digits: image_size.
         Embedded data sets (no files) ignore the check options.
       data_source: "files" reads the downloaded folder `data_dir`; "tfds" reads the prepared
         TFDS copy (data_pipelines.tfds_builders) in the TFDS data folder `data_dir`: the same
@@ -73,6 +77,11 @@ def load(name, data_dir=None, skip_corrupt=False, allow_partial=False, data_sour
         if name not in FILE_LOADERS:
             raise ValueError(f"data_source='tfds' needs one of {sorted(FILE_LOADERS)}, got "
                              f"{name!r} (embedded data sets are generated, not prepared)")
+        file_only = sorted(k for k in FILE_ONLY_OPTIONS
+                           if kwargs.get(k) not in (None, False, 0, "standard"))
+        if file_only:
+            raise ValueError(f"{name}: option(s) {file_only} need data_source='files' (the "
+                             "TFDS copy holds the standard, uncropped data set)")
         from data_pipelines import tfds_builders  # imports tensorflow_datasets: only when asked
         return tfds_builders.load_prepared(name, data_dir, allow_partial=allow_partial)
     checks = {"skip_corrupt": skip_corrupt, "allow_partial": allow_partial}

@@ -9,6 +9,7 @@ Layout (the "cars_annos.mat + car_ims" release)::
 
 The DML split is by CLASS, not by the `test` flag, and fixed by class id: train = classes 1-98
 (8,054 images), test = classes 99-196 (8,131 images). Labels are the original ids.
+``crop_to_bbox=True`` crops every image to its bbox_x1..bbox_y2 box (data_pipelines.boxes).
 """
 import os
 
@@ -16,6 +17,8 @@ import numpy as np
 import scipy.io
 
 from data_pipelines import _layout
+from data_pipelines import boxes as boxes_lib
+from data_pipelines.records import DatasetSplits
 
 NAME = "Cars196"
 SUBFOLDERS = ("cars196", "CARS196", "Cars196", "cars", "stanford_cars")
@@ -29,6 +32,18 @@ TEST_CLASSES = tuple(range(99, 197))
 EXPECTED = {"train": _layout.SplitSize(8054, class_ids=TRAIN_CLASSES),
             "test": _layout.SplitSize(8131, class_ids=TEST_CLASSES)}
 REQUIRED_FIELDS = ("relative_im_path", "class")
+BOX_FIELDS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
+
+
+def read_boxes(mat_path):
+    """int64 [N, 4] boxes (x1, y1, x2, y2) of cars_annos.mat, in its annotation order."""
+    annotations = np.atleast_1d(scipy.io.loadmat(mat_path, squeeze_me=True)["annotations"])
+    absent = [f for f in BOX_FIELDS if f not in (annotations.dtype.names or ())]
+    if absent:
+        raise ValueError(f"{NAME}: crop_to_bbox needs the fields {list(BOX_FIELDS)} in "
+                         f"{mat_path} 'annotations'; missing {absent}")
+    return np.array([[int(np.squeeze(a[f])) for f in BOX_FIELDS] for a in annotations],
+                    dtype=np.int64).reshape(-1, 4)
 
 
 def read_annotations(mat_path):
@@ -54,12 +69,14 @@ def read_annotations(mat_path):
     return rel_paths, labels
 
 
-def load(data_dir=None, expected=None, **checks):
+def load(data_dir=None, expected=None, crop_to_bbox=False, crop_dir=None, **checks):
     """Reads Cars196 from `data_dir` (the folder holding cars_annos.mat, or its parent).
 
     Args:
       data_dir: folder path (str).
       expected: {"train", "test": _layout.SplitSize}; None for the published EXPECTED.
+      crop_to_bbox: crop every image to its annotation box (cached PNG copies).
+      crop_dir: folder of the cropped copies (None: data_pipelines.boxes.default_crop_dir()).
       **checks: fields of _layout.Checks (allow_partial, skip_corrupt, check_files,
         check_images, cache_dir, report_path).
     Returns:
@@ -75,5 +92,13 @@ def load(data_dir=None, expected=None, **checks):
     mat_path = _layout.require_file(root, "cars_annos.mat", NAME, LAYOUT)
     rel_paths, labels = read_annotations(mat_path)
     paths = [os.path.join(root, rel) for rel in rel_paths]
-    return _layout.class_id_split("cars196", NAME, root, labels, paths, TRAIN_CLASSES,
-                                  TEST_CLASSES, expected or EXPECTED, checks)
+    splits = _layout.class_id_split("cars196", NAME, root, labels, paths, TRAIN_CLASSES,
+                                    TEST_CLASSES, expected or EXPECTED, checks)
+    if not crop_to_bbox:
+        return splits
+    box_of = dict(zip(paths, (tuple(b) for b in read_boxes(mat_path).tolist())))
+
+    def crop(records):
+        return boxes_lib.crop_records(records, lambda p, w, h: box_of[p], crop_dir, NAME)
+
+    return DatasetSplits(splits.name, crop(splits.train), crop(splits.test))

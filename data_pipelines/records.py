@@ -192,6 +192,7 @@ class DatasetSplits:
       train: training split (its classes are the ones folds are cut from).
       test: test split; for In-shop the concatenation query + gallery.
       query, gallery: In-shop's evaluation split (query vs gallery), else None.
+      validation: a held-out split of the train classes (CUB's closed set), else None.
     """
 
     name: str
@@ -199,6 +200,7 @@ class DatasetSplits:
     test: Records
     query: Records | None = None
     gallery: Records | None = None
+    validation: Records | None = None
 
     def __post_init__(self):
         if (self.query is None) != (self.gallery is None):

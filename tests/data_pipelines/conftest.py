@@ -29,7 +29,7 @@ def cub_dir(tmp_path_factory):
     """CUB_200_2011 with classes 99..102 (2 train, 2 test), 3 images each, inside a parent."""
     parent = tmp_path_factory.mktemp("cub_parent")
     root = parent / "CUB_200_2011"
-    images, labels, classes = [], [], []
+    images, labels, classes, boxes = [], [], [], []
     image_id = 0
     for cls in (99, 100, 101, 102):
         folder = f"{cls:03d}.Bird_{cls}"
@@ -40,9 +40,11 @@ def cub_dir(tmp_path_factory):
             write_jpeg(str(root / "images" / rel), image_id)
             images.append(f"{image_id} {rel}")
             labels.append(f"{image_id} {cls}")
+            boxes.append(f"{image_id} {2 + k}.6 3.4 {30 + k}.0 40.0")  # y + h past the edge
     (root / "images.txt").write_text("\n".join(images) + "\n")
     (root / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
     (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    (root / "bounding_boxes.txt").write_text("\n".join(boxes) + "\n")
     return parent
 
 

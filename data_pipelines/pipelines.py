@@ -215,14 +215,21 @@ def train_dataset(records, classes_per_batch=8, samples_per_class=4, seed=0, sta
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _ordered_dataset(records, indices, labels, batch_size, image_size, resize_size, cache):
+def _ordered_dataset(records, indices, labels, batch_size, image_size, resize_size, cache,
+                     transform=None):
+    """``transform``: None (the evaluation transform) or ``(image, position int64) -> image``."""
     if records.tfrecords is not None:  # read only the records used (a proxy pool: a few per class)
         used, indices = np.unique(indices, return_inverse=True)
         records, indices = records.select(used), indices.reshape(-1).astype(np.int64)
     load = _decoded_loader(records)
-    dataset = tf.data.Dataset.from_tensor_slices((indices, labels))
+    if transform is None:
+        def transform(image, position):
+            del position
+            return augment.eval_transform(image, image_size, resize_size)
+    positions = np.arange(len(indices), dtype=np.int64)
+    dataset = tf.data.Dataset.from_tensor_slices((indices, labels, positions))
     dataset = dataset.map(
-        lambda index, label: (augment.eval_transform(load(index), image_size, resize_size), label),
+        lambda index, label, position: (transform(load(index), position), label),
         num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
         dataset = dataset.cache()
@@ -248,22 +255,43 @@ def eval_dataset(records, batch_size=128, image_size=227, resize_size=None, cach
                             resize_size, cache)
 
 
+POOL_TRANSFORMS = ("train", "eval")
+
+
 def one_per_class_dataset(records, rounds, batch_size=256, seed=0, image_size=227,
-                          resize_size=None, skip_corrupt=False):
+                          resize_size=None, skip_corrupt=False, transform="eval",
+                          min_area=0.16, flip=True):
     """The CCP proxy pool (SPEC §5): `rounds` rounds of one fresh image per class.
 
     Concatenated over the data set, element r * C + c is an image of class index c drawn in
-    round r (round-major, class-index order; see samplers.one_per_class_indices), with the
-    evaluation transform.
+    round r (round-major, class-index order; see samplers.one_per_class_indices).
 
+    Args:
+      seed: int seed of the image choice and, with the training transform, of its crops and
+        flips: the pool is a pure function of (records, rounds, seed, transform settings).
+      transform: "eval" (resize + center crop) or "train" (the training random-resized crop
+        with `min_area` and random flip `flip`, as the reference's pool; element p's
+        randomness is the stateless seed (seed, p)).
     Returns:
       tf.data.Dataset of (images float32 [<=batch_size, S, S, 3], labels int32 [<=batch_size])
       with contiguous class indices; rounds * C images in all.
     """
     batch_size = _positive("batch_size", batch_size)
     image_size = _positive("image_size", image_size)
+    if transform not in POOL_TRANSFORMS:
+        raise ValueError(f"unknown pool transform {transform!r}; expected one of "
+                         f"{', '.join(POOL_TRANSFORMS)}")
+    if not 0.0 < float(min_area) <= 1.0:
+        raise ValueError(f"min_area must be in (0, 1], got {min_area}")
     records = validate_images(records, skip_corrupt)
     table = samplers.one_per_class_indices(records.labels, rounds, seed)  # [rounds, C]
     labels = np.tile(np.arange(table.shape[1], dtype=np.int32), table.shape[0])
+    augmentation = None
+    if transform == "train":
+        seed_value, min_area, flip = tf.constant(int(seed), tf.int64), float(min_area), bool(flip)
+
+        def augmentation(image, position):
+            return augment.train_transform(image, tf.stack([seed_value, position]), image_size,
+                                           min_area, flip)
     return _ordered_dataset(records, table.reshape(-1).astype(np.int64), labels, batch_size,
-                            image_size, resize_size, cache=False)
+                            image_size, resize_size, cache=False, transform=augmentation)

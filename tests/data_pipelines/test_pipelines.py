@@ -141,3 +141,28 @@ def test_file_corrupted_after_building_fails_naming_it(jpeg_records):
         handle.write(b"GIF? no")
     with pytest.raises(tf.errors.InvalidArgumentError, match=jpeg_records.paths[2]):
         _batches(dataset, 100)
+
+
+def test_one_per_class_dataset_train_transform(jpeg_records):
+    """The pool with the training transform (the reference's): element p of the pool is
+    train_transform(image, seed (seed, p)); same seed -> same pool, other seed -> other pool."""
+    def pool(seed, transform):
+        dataset = data_pipelines.one_per_class_dataset(
+            jpeg_records, rounds=2, batch_size=8, seed=seed, image_size=SIZE,
+            transform=transform, min_area=0.3, flip=True)
+        return np.concatenate([x for x, _ in _batches(dataset, 100)])
+
+    first, again, other = pool(5, "train"), pool(5, "train"), pool(6, "train")
+    evaluated = pool(5, "eval")
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+    assert first.shape == evaluated.shape == (12, SIZE, SIZE, 3)
+    assert all(not np.allclose(first[p], evaluated[p]) for p in range(12))
+    table = one_per_class_indices(jpeg_records.labels, 2, seed=5)
+    for r, c in [(0, 3), (1, 5)]:
+        image = _decoded(jpeg_records.paths[table[r, c]])
+        expected = augment.train_transform(image, tf.constant([5, r * 6 + c], tf.int64), SIZE,
+                                           0.3, True).numpy()
+        np.testing.assert_allclose(first[r * 6 + c], expected, atol=1e-4)
+    with pytest.raises(ValueError, match="pool transform"):
+        data_pipelines.one_per_class_dataset(jpeg_records, rounds=1, transform="test")

@@ -157,6 +157,8 @@ BACKBONES = {spec.name: spec for spec in (
     BackboneSpec("small_cnn", 32, pretrained=False),
     BackboneSpec("bn_inception", 227, pretrained=True),
     BackboneSpec("resnet50", 227, pretrained=True),
+    *(BackboneSpec(f"efficientnet_b{k}", size, pretrained=True)
+      for k, size in enumerate((224, 240, 260, 300, 380, 456, 528, 600))),
 )}
 
 # Learning-rate schedules of ccp.training (a test checks this equals ccp.training.LR_SCHEDULES).

@@ -20,6 +20,7 @@ import keras
 
 from ccp import layers as ccp_layers
 from ccp.models import bn_inception as bn_inception_lib
+from ccp.models import efficientnet as efficientnet_lib
 from ccp.models import resnet as resnet_lib
 from ccp.models import small_cnn as small_cnn_lib
 from ccp.models.preprocessing import InputNormalization
@@ -72,11 +73,19 @@ def _build_small_cnn(input_shape, weights):
     return small_cnn_lib.small_cnn(input_shape, weights=weights)
 
 
+def _efficientnet_builder(variant):
+    def build(input_shape, weights):
+        return efficientnet_lib.efficientnet(variant, input_shape, weights=weights)
+    return build
+
+
 BACKBONES = {
     "bn_inception": Backbone(_build_bn_inception, "bn_inception", 227,
                              bn_inception_lib.NUM_FEATURES, _bn_inception_input_mean),
     "resnet50": Backbone(_build_resnet50, "resnet50", 227, resnet_lib.NUM_FEATURES),
     "small_cnn": Backbone(_build_small_cnn, "unit", 32, small_cnn_lib.DEFAULT_WIDTHS[-1]),
+    **{f"efficientnet_{variant}": Backbone(_efficientnet_builder(variant), "raw", size, features)
+       for variant, (_, size, features) in efficientnet_lib.VARIANTS.items()},
 }
 
 
@@ -121,7 +130,8 @@ def build_embedding_model(backbone="bn_inception", embedding_size=128, weights=N
     """Builds the embedding model of SPEC §1.
 
     Args:
-      backbone: a key of :data:`BACKBONES`: "bn_inception", "resnet50" or "small_cnn".
+      backbone: a key of :data:`BACKBONES`: "bn_inception", "resnet50", "small_cnn" or
+        "efficientnet_b0" .. "efficientnet_b7" (keras.applications; weights a no-top .h5 path).
       embedding_size: D, units of the Dense "embedding" layer.
       weights: None (random init, train from scratch), "imagenet" (BN-Inception: the converted
         checkpoint at ``$CCP_WEIGHTS_DIR/bn_inception_imagenet.npz`` or

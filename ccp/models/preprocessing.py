@@ -12,7 +12,7 @@ BN_INCEPTION_BGR_MEAN = (104.0, 117.0, 128.0)
 # keras.applications' "caffe" mode (ResNet-50): BGR minus the ImageNet means, 0..255 scale.
 RESNET_BGR_MEAN = (103.939, 116.779, 123.68)
 
-CONVENTIONS = ("bn_inception", "resnet50", "unit")
+CONVENTIONS = ("bn_inception", "resnet50", "unit", "raw")
 
 
 @keras.saving.register_keras_serializable(package="ccp")
@@ -22,7 +22,8 @@ class InputNormalization(keras.layers.Layer):
     Args:
       convention: "bn_inception": RGB -> BGR, minus (104, 117, 128) (BGR order), 0..255 scale;
         "resnet50": RGB -> BGR, minus (103.939, 116.779, 123.68), i.e.
-        ``keras.applications.resnet50.preprocess_input``; "unit": ``x / 255`` (RGB).
+        ``keras.applications.resnet50.preprocess_input``; "unit": ``x / 255`` (RGB); "raw":
+        unchanged RGB 0..255 (backbones that normalize inside, e.g. EfficientNet).
       mean: the BGR mean to subtract instead of the convention's (3 floats; "bn_inception" and
         "resnet50" only), e.g. the one a BN-Inception weight file records.
     """
@@ -33,8 +34,9 @@ class InputNormalization(keras.layers.Layer):
             raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
         self.convention = convention
         if mean is not None:
-            if convention == "unit":
-                raise ValueError("InputNormalization: the 'unit' convention takes no mean")
+            if convention in ("unit", "raw"):
+                raise ValueError(f"InputNormalization: the {convention!r} convention takes no "
+                                 "mean")
             mean = tuple(float(m) for m in mean)
             if len(mean) != 3:
                 raise ValueError(f"InputNormalization: mean must be 3 values (B, G, R), got "
@@ -43,8 +45,8 @@ class InputNormalization(keras.layers.Layer):
 
     @property
     def bgr_mean(self):
-        """The subtracted BGR mean (None for "unit")."""
-        if self.convention == "unit":
+        """The subtracted BGR mean (None for "unit" and "raw")."""
+        if self.convention in ("unit", "raw"):
             return None
         if self.mean is not None:
             return self.mean
@@ -54,6 +56,8 @@ class InputNormalization(keras.layers.Layer):
         images = tf.cast(images, self.compute_dtype)
         if self.convention == "unit":
             return images / 255.0
+        if self.convention == "raw":
+            return images
         return images[..., ::-1] - tf.constant(self.bgr_mean, dtype=self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

@@ -160,11 +160,13 @@ def worker(args):
     runner = RUNNERS["ours" if args.worker.startswith("ours") else args.worker]
     rss_before = _current_rss_bytes()
     reset = _reset_peak_rss()
+    cpu_start = time.process_time()
     start = time.perf_counter()
     result = runner(x, labels)
     seconds = time.perf_counter() - start
     print(json.dumps({
         "seconds": seconds,
+        "cpu_seconds": time.process_time() - cpu_start,
         "peak_rss": _peak_rss_bytes(),
         "rss_before": rss_before,
         "peak_reset": reset,
@@ -199,7 +201,9 @@ def _print_row(name, measured):
     mib = 2.0**20
     values = ", ".join(f"{n} {measured['metrics'][n]:.6f}" for n in METRIC_NAMES)
     reset_note = "" if measured["peak_reset"] else " (peak not reset: includes setup)"
-    print(f"  {name:12s} {measured['seconds']:8.2f} s   peak RSS "
+    cpu = measured.get("cpu_seconds")
+    cpu_note = "" if cpu is None else f" (CPU {cpu:.1f} s, all threads)"
+    print(f"  {name:12s} {measured['seconds']:8.2f} s{cpu_note}   peak RSS "
           f"{measured['peak_rss'] / mib:7.0f} MiB (RSS before call "
           f"{measured['rss_before'] / mib:.0f} MiB){reset_note}   {values}", flush=True)
 
@@ -245,8 +249,9 @@ def main(argv=None):
     baseline_name = {
         "pml": f"pytorch-metric-learning AccuracyCalculator (faiss IndexFlatL2), {python}",
         "numpy": "numpy chunked brute force (argpartition + stable argsort)",
-        "none": "none (no python with torch + faiss + pytorch-metric-learning; "
-                "`make baselines-venv` creates one)",
+        "none": "none" if args.baseline == "none" else (
+            "none (no python with torch + faiss + pytorch-metric-learning; "
+            "`make baselines-venv` creates one)"),
     }[baseline]
     print(f"{args.num_images} images, {args.num_classes} classes (2-12 images each), seed "
           f"{args.seed}; {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; "

@@ -3,12 +3,15 @@
 Each builder is a plain function of the config; names are looked up in
 ``experiments.registry`` (the config validation already rejected unknown ones).
 """
+import socket
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 import ccp
 import data_pipelines
+from experiments import config as config_lib
 from experiments import registry
 
 
@@ -71,11 +74,31 @@ def build_strategy(config):
     if config.run.strategy == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if config.run.strategy == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.run.tpu)
+        return tpu_strategy(config.run.tpu)
+    return tf.distribute.get_strategy()
+
+
+TPU_CONNECT_TIMEOUT_S = 15.0  # a grpc:// address that does not answer fails, never hangs
+
+
+def tpu_strategy(tpu):
+    """TPUStrategy on ``tpu``: a Cloud TPU name, "local" (on a TPU VM) or grpc://HOST:PORT.
+
+    Raises config.UserError naming --tpu when no TPU answers there.
+    """
+    try:
+        if tpu.startswith("grpc://"):  # gRPC would retry an unreachable worker for minutes
+            host, _, port = tpu[len("grpc://"):].rpartition(":")
+            socket.create_connection((host, int(port)), timeout=TPU_CONNECT_TIMEOUT_S).close()
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    return tf.distribute.get_strategy()
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise config_lib.UserError(f"--tpu={tpu!r}: no TPU reachable there ({reason}); give the "
+                                   "Cloud TPU name, 'local' on a TPU VM, or grpc://HOST:PORT") \
+            from error
+    return tf.distribute.TPUStrategy(resolver)
 
 
 def set_precision(config):

@@ -230,7 +230,11 @@ class RunConfig:
     tsne_points: int = _field(1500, "Test embeddings shown in the t-SNE plot (0 = no t-SNE).")
     precision: str = _field("float32", "Compute precision policy.", registry.PRECISIONS)
     strategy: str = _field("default", "tf.distribute strategy.", registry.STRATEGIES)
-    tpu: str = _field("", "TPU address for --strategy=tpu.")
+    tpu: str = _field("", "TPU name or grpc:// address for --strategy=tpu.")
+    steps_per_execution: int = _field(1, "Train steps per device call (the host reads the "
+                                         "losses once per call; same results as 1).")
+    jit_compile: bool = _field(False, "Compile the train step with XLA (a TPU compiles "
+                                      "everything with XLA anyway).")
     progress_bar: bool = _field(True, "Show a progress bar per epoch.")
 
 
@@ -314,7 +318,7 @@ POSITIVE_INTS = (
     "embedding_size", "classes_per_batch", "samples_per_class", "steps_per_epoch", "max_epochs",
     "patience", "folds", "repeats", "eval_batch_size", "ccp_proxies_per_class", "ccp_pool_size",
     "ccp_patience", "ccp_min_iterations", "xbm_memory_batches", "soft_triple_centers",
-    "fastap_num_bins",
+    "fastap_num_bins", "steps_per_execution",
 )
 
 
@@ -351,7 +355,8 @@ def _combination_problems(config):
     embedded = data.dataset in registry.EMBEDDED_DATASETS
     if not embedded and not data.data_dir:
         problems.append(f"--dataset={data.dataset} needs --data_dir (the data set's folder)")
-    if data.data_dir and not embedded and not os.path.isdir(data.data_dir):
+    remote = "://" in data.data_dir  # gs://... (checked by TensorFlow when read)
+    if data.data_dir and not embedded and not remote and not os.path.isdir(data.data_dir):
         problems.append(f"--data_dir={data.data_dir!r} is not an existing folder")
     if config.ccp.enabled and loss in registry.PROXY_LOSSES:
         problems.append(f"--ccp wraps a pair loss ({', '.join(registry.PAIR_LOSSES)}); "
@@ -362,8 +367,24 @@ def _combination_problems(config):
         problems.append(f"--loss={loss} needs positive pairs in a batch: --samples_per_class "
                         "must be >= 2")
     problems += _loss_option_problems(config.loss)
-    if config.run.strategy == "tpu" and not config.run.tpu:
+    problems += _tpu_problems(config)
+    return problems
+
+
+def _tpu_problems(config):
+    """A TPU runs the whole input pipeline in-graph and reads a TFDS copy (files on the host
+    cannot reach a TPU VM's workers; Python generators cannot run on a TPU)."""
+    if config.run.strategy != "tpu":
+        return []
+    data, problems = config.data, []
+    if not config.run.tpu:
         problems.append("--strategy=tpu needs --tpu (the TPU name or address)")
+    if data.input_pipeline != "ingraph":
+        problems.append("--strategy=tpu needs --input_pipeline=ingraph (a TPU cannot run the "
+                        "Python generator)")
+    if data.data_source != "tfds":
+        problems.append("--strategy=tpu needs --data_source=tfds (a prepared TFDS copy, e.g. "
+                        "--data_dir=gs://BUCKET/tfds)")
     return problems
 
 

@@ -55,6 +55,7 @@ def build_trainer(config, model, loss, strategy, fold_dir):
         patience=protocol.patience, min_delta=protocol.min_delta,
         checkpoint_dir=f"{fold_dir}/checkpoints", log_dir=f"{fold_dir}/logs",
         recall_at=protocol.recall_at, progress_bar=config.run.progress_bar,
+        steps_per_execution=config.run.steps_per_execution, jit_compile=config.run.jit_compile,
     )
 
 

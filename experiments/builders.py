@@ -8,6 +8,7 @@ import socket
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 import ccp
 import data_pipelines
@@ -159,22 +160,35 @@ def eval_dataset(config, records):
         image_size=config.resolved_image_size)
 
 
+def pool_seed(seed, projection_index):
+    """The seed of proxy-pool draw ``projection_index`` of a fold with seed ``seed``."""
+    return seed + 7919 * (projection_index + 1)
+
+
 def proxy_pool_fn(config, records, seed):
     """(model, projection_index) -> raw pool embeddings [C, b, D] for CCP (SPEC §5.3).
 
     The pool holds ``b`` images of every class drawn by the one-per-class sampler (``b * K``
-    when ``b < K``, SPEC §5), embedded with the model in inference mode.
+    when ``b < K``, SPEC §5), with the --ccp_pool_transform (the training augmentation by
+    default, as the reference), embedded with the model in inference mode. Draw ``t`` (0 = the
+    initial proxies) is a pure function of (seed, t): a resumed run draws the same pool.
     """
     rounds = ccp.projection.pool_rounds(config.ccp.pool_size, config.ccp.proxies_per_class)
     num_classes = records.num_classes
+    transform = config.ccp.pool_transform
 
     def pool(model, projection_index):
+        logging.info("proxy pool: %d images/class, %s transform, draw %d", rounds, transform,
+                     projection_index)
         dataset = data_pipelines.one_per_class_dataset(
             records,
             rounds=rounds,
             batch_size=config.protocol.eval_batch_size,
-            seed=seed + 7919 * (projection_index + 1),
+            seed=pool_seed(seed, projection_index),
             image_size=config.resolved_image_size,
+            transform=transform,
+            min_area=config.data.min_crop_area,
+            flip=config.data.flip,
         )
         embeddings, _ = ccp.training.embed_dataset(model, dataset)
         pool_round_major = np.reshape(embeddings, [rounds, num_classes, -1])

@@ -156,6 +156,10 @@ class CCPConfig:
                                flag="ccp_random_init")
     monitor_lag: int = _field(D.CCP_MONITOR_LAG, "1 = react to the previous epoch's MAP@R like "
                                                  "the reference.", flag="ccp_monitor_lag")
+    pool_transform: str = _field("train", "Transform of the proxy-pool images: the training "
+                                          "augmentation (the reference's) or the evaluation "
+                                          "transform.", registry.POOL_TRANSFORMS,
+                                 flag="ccp_pool_transform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,13 +215,21 @@ class ProtocolConfig:
                                                           "an improvement for early stopping.")
     folds: int = _field(D.FOLDS, "4 = MLRC protocol (4 class folds), 1 = conventional (train "
                                  "on all).")
-    repeats: int = _field(D.REPEATS, "Independent repetitions with seeds seed, seed+1, ...")
+    repeats: int = _field(D.REPEATS, "Trainings of every fold (seeds seed, seed+1, ...); > 1 "
+                                     "also reports every one-model-per-fold ensemble (the "
+                                     "reference: 3).")
     seed: int = _field(0, "Seed of everything random (weights, batches, augmentation, pools).")
     deterministic: bool = _field(False, "TensorFlow op determinism (bit-identical reruns, "
                                         "slower on GPU).")
     eval_batch_size: int = _field(D.EVAL_BATCH_SIZE, "Batch size of embedding passes.")
     recall_at: Tuple[int, ...] = _field(D.RECALL_AT, "Ranks of Recall@K.")
     compute_nmi: bool = _field(True, "Compute NMI (k-means) on the test set.")
+    monitor: str = _field(registry.MONITORS[0], "Metric of early stopping, the plateau "
+                                                "schedule and the CCP schedule.",
+                          registry.MONITORS)
+    select_on_test: bool = _field(False, "Monitor the TEST split instead of a validation fold "
+                                         "(the reference's conventional configs; needs "
+                                         "--folds=1).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,6 +379,9 @@ def _combination_problems(config):
         problems.append(f"--loss={loss} needs positive pairs in a batch: --samples_per_class "
                         "must be >= 2")
     problems += _loss_option_problems(config.loss)
+    if config.protocol.select_on_test and config.protocol.folds != 1:
+        problems.append("--select_on_test monitors the test split of one model on all training "
+                        f"classes: it needs --folds=1, got --folds={config.protocol.folds}")
     problems += _tpu_problems(config)
     return problems
 

@@ -3,8 +3,11 @@
 The library wiring (``ccp.training``, ``ccp.projection``) is kept in this one module so that a
 change of the trainer's constructor touches nothing else in ``experiments/``.
 """
+from absl import logging
+
 import ccp
 from experiments import builders
+from experiments import monitored
 
 EMBEDDING_LAYER = "embedding"  # SPEC §1: the embedding head of ccp.models
 
@@ -14,6 +17,13 @@ def build_projection(config, model, loss):
     if not config.ccp.enabled:
         return None
     cfg = config.ccp
+    metric = "MAP@R" if config.protocol.monitor == "map_at_r" else config.protocol.monitor
+    if cfg.monitor_lag:
+        logging.info("CCP schedule: one epoch late, it reacts to the previous epoch's %s "
+                     "(--ccp_monitor_lag=1, the reference's timing)", metric)
+    else:
+        logging.info("CCP schedule: reacts to the current epoch's %s (--ccp_monitor_lag=0)",
+                     metric)
     return ccp.projection.AlternatingProjection(
         model.trainable_variables, proxy_owner=loss,
         lambda_0=cfg.lambda_0, decay=cfg.decay, patience=cfg.patience,
@@ -48,8 +58,13 @@ def build_trainer(config, model, loss, strategy, fold_dir):
     """
     protocol = config.protocol
     projection = build_projection(config, model, loss)
-    return ccp.training.Trainer(
-        model, loss, build_optimization(config, model, loss, projection),
+    trainer_class, extra = ccp.training.Trainer, {}
+    if protocol.select_on_test or protocol.monitor != "map_at_r":
+        trainer_class = monitored.MonitoredTrainer
+        extra = dict(monitor=protocol.monitor,
+                     monitored_split="test" if protocol.select_on_test else "validation")
+    return trainer_class(
+        model, loss, build_optimization(config, model, loss, projection), **extra,
         strategy=strategy, projection=projection,
         steps_per_epoch=protocol.steps_per_epoch, max_epochs=protocol.max_epochs,
         patience=protocol.patience, min_delta=protocol.min_delta,
@@ -59,17 +74,34 @@ def build_trainer(config, model, loss, strategy, fold_dir):
     )
 
 
-def train_fold(config, fold, fold_dir, seed, strategy):
+def monitored_data(config, fold, test_sets=None):
+    """What the trainer validates on: the fold's validation classes, or with --select_on_test
+    the test split ``test_sets`` (``.query``, ``.reference`` records; reference None = the
+    query set itself), as the reference's conventional configs do."""
+    if config.protocol.select_on_test:
+        logging.warning("--select_on_test: early stopping, the learning-rate plateau and the CCP "
+                        "schedule monitor %s of the TEST split (the reference's conventional "
+                        "protocol); the reported test metrics are not from held-out data",
+                        config.protocol.monitor)
+        query = builders.eval_dataset(config, test_sets.query)
+        if test_sets.reference is None:
+            return query
+        return query, builders.eval_dataset(config, test_sets.reference)
+    return builders.eval_dataset(config, fold.val) if fold.val is not None else None
+
+
+def train_fold(config, fold, fold_dir, seed, strategy, test_sets=None):
     """Trains one fold model (resuming from its checkpoint) and returns (model, loss, result).
 
     ``result`` is the dict of ``Trainer.fit`` (epochs, best_metric, history, projections, ...).
+    ``test_sets``: the test split's query/reference records, needed with --select_on_test.
     """
     train_records = fold.train
     with strategy.scope():
         model = builders.build_model(config, name=f"fold_{fold.index}")
         loss = builders.build_loss(config, train_records.num_classes, seed)
         trainer = build_trainer(config, model, loss, strategy, fold_dir)
-    validation = builders.eval_dataset(config, fold.val) if fold.val is not None else None
+    validation = monitored_data(config, fold, test_sets)
     pool = builders.proxy_pool_fn(config, train_records, seed) if config.ccp.enabled else None
     result = trainer.fit(
         builders.train_dataset_fn(config, train_records, seed),

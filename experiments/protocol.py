@@ -22,6 +22,7 @@ import ccp
 import data_pipelines
 from experiments import builders
 from experiments import config as config_lib
+from experiments import ensembles
 from experiments import fold_training
 from experiments import report as report_lib
 from experiments import results as results_lib
@@ -103,7 +104,8 @@ def run_fold(config, fold, fold_dir, repeat, seed, strategy, eval_sets):
     os.makedirs(fold_dir, exist_ok=True)
     started = time.time()
     builders.seed_everything(seed)  # the fold's weights do not depend on earlier folds
-    model, loss, training = fold_training.train_fold(config, fold, fold_dir, seed, strategy)
+    model, loss, training = fold_training.train_fold(config, fold, fold_dir, seed, strategy,
+                                                     test_sets=eval_sets)
     model.save_weights(os.path.join(fold_dir, WEIGHTS_FILE))
     query = embed(config, model, eval_sets.query)
     reference = (embed(config, model, eval_sets.reference)
@@ -232,6 +234,30 @@ def completion_artifacts(config, folds):
     return artifacts
 
 
+def add_repeat_ensembles(config, results, per_repeat, concatenated):
+    """With --repeats > 1: the fold average over all fold models and the metrics of every
+    one-model-per-fold ensemble (``repeats^folds``, from the stored test embeddings; NMI only
+    for the first repeat's ensemble) in ``results`` and its table."""
+    repeats, num_folds = config.protocol.repeats, config.protocol.folds
+    if repeats < 2:
+        return
+    models = [r.test_metrics for fold_results in per_repeat for r in fold_results]
+    results["all_models_average"] = {n: results_lib.summarize([m[n] for m in models])
+                                     for n in models[0]}
+    if num_folds < 2:
+        return
+    plain = config.replace(compute_nmi=False)
+    evaluated = ensembles.evaluate_combinations(
+        per_repeat, lambda query, reference: test_metrics(plain, query, reference))
+    summary = ensembles.summarize_ensembles(evaluated, concatenated[0])
+    results["ensembles"] = summary
+    results["table"] += "\n\n" + ensembles.ensembles_table(
+        summary, config.model.embedding_size, num_folds, repeats)
+    logging.info("%d ensembles: MAP@R %.4f +- %.4f (worst %.4f, best %.4f)", summary["count"],
+                 summary["metrics"]["map_at_r"]["mean"], summary["metrics"]["map_at_r"]["std"],
+                 summary["worst"]["metrics"]["map_at_r"], summary["best"]["metrics"]["map_at_r"])
+
+
 def train_and_report(config, folds, eval_sets):
     """All repeats and folds, exports, results.json and the report; returns the results."""
     builders.set_precision(config)
@@ -246,6 +272,11 @@ def train_and_report(config, folds, eval_sets):
                             if config.protocol.folds > 1 else None)
     export_ensemble(config, folds, models)
     results = results_lib.aggregate(config, per_repeat, concatenated)
+    add_repeat_ensembles(config, results, per_repeat, concatenated)
+    if config.protocol.select_on_test:
+        results["model_selection"] = (f"{config.protocol.monitor} of the test split (the "
+                                      "reference's conventional protocol)")
+        results["table"] += f"\n\nModel selected on the test split: {results['model_selection']}."
     output_dir = config.run.output_dir
     run_folder.write_json(os.path.join(output_dir, "results.json"), results)
     with open(os.path.join(output_dir, "results.md"), "w") as handle:

@@ -175,6 +175,11 @@ DISTANCES = ("euclidean", "squared_euclidean", "snr")
 # data_pipelines.DATA_SOURCES and data_pipelines.pipelines.INPUT_PIPELINES (checked by a test).
 DATA_SOURCES = ("files", "tfds")
 INPUT_PIPELINES = ("generator", "ingraph")
+# data_pipelines.pipelines.POOL_TRANSFORMS (checked by a test): the CCP proxy-pool transform.
+POOL_TRANSFORMS = ("train", "eval")
+# Metrics that early stopping, the plateau schedule and the CCP schedule can monitor (keys of
+# the validation metrics; precision_at_1 is Recall@1).
+MONITORS = ("map_at_r", "precision_at_1")
 FREEZE_BATCHNORM = {"auto": None, "true": True, "false": False}
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")

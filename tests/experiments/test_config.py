@@ -37,6 +37,7 @@ def test_registry_matches_the_library_and_the_data_sets():
     assert set(registry.BACKBONES) == set(ccp.models.embedding.BACKBONES)
     assert set(registry.DATA_SOURCES) == set(data_pipelines.DATA_SOURCES)
     assert set(registry.INPUT_PIPELINES) == set(data_pipelines.pipelines.INPUT_PIPELINES)
+    assert set(registry.POOL_TRANSFORMS) == set(data_pipelines.pipelines.POOL_TRANSFORMS)
     flag_choices = {name: f.metadata.get("choices") for name, _, f in config_lib.flag_fields()}
     assert flag_choices["loss"] == tuple(registry.LOSSES)
     assert flag_choices["backbone"] == tuple(registry.BACKBONES)

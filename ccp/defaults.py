@@ -91,6 +91,12 @@ WEIGHT_DECAY = 1e-4
 CLIP_NORM = 10.0
 CLIP_VALUE = 10.0
 PROXY_LR_MULTIPLIER = 1.0       # CCP uses none; the proxy baselines use 100 (SPEC §4)
+# Other optimizers of the reference (issue 15): its config defaults.
+OPTIMIZER = "adam"
+SGD_MOMENTUM = 0.0
+SGD_NESTEROV = False
+RMSPROP_RHO = 0.9
+RMSPROP_MOMENTUM = 0.0
 
 # --- Learning-rate schedules --------------------------------------------------------------------
 LR_SCHEDULE = "constant"        # MLRC configs (SPEC §6)
@@ -114,6 +120,8 @@ MAX_EPOCHS = 10000
 EARLY_STOPPING_PATIENCE = 60    # evaluations of the validation MAP@R
 EARLY_STOPPING_MIN_DELTA = 1e-5
 WARMUP_EPOCHS = 0
+WARMUP_LR_MULTIPLIER = 1.0      # the warm-up's learning rate = LEARNING_RATE x this
+WARMUP_ALL_LAYERS = False       # the reference's freeze_during_warmup=True: head (+ loss) only
 MAX_CHECKPOINTS = 2
 
 # --- Evaluation (SPEC §8) -----------------------------------------------------------------------

@@ -46,6 +46,8 @@ class Optimization:
       plateau: a :class:`ccp.training.ReduceLROnPlateau` driven by the validation MAP@R, or None.
       warmup: the warm-up :class:`Phase` of the first ``warmup_epochs`` epochs, or None.
       warmup_epochs: epochs of the warm-up phase.
+      warmup_fraction: w of a fractional warm-up (0 < w < 1: its one epoch runs
+        round(w x steps_per_epoch) steps), else None.
     """
 
     train: Phase
@@ -53,6 +55,7 @@ class Optimization:
     plateau: object = None
     warmup: Phase = None
     warmup_epochs: int = 0
+    warmup_fraction: float = None
 
     def __post_init__(self):
         if int(self.warmup_epochs) < 0:
@@ -64,6 +67,13 @@ class Optimization:
     def phases(self):
         """``{"train": Phase[, "warmup": Phase]}``."""
         return {TRAIN: self.train, **({WARMUP: self.warmup} if self.warmup_epochs else {})}
+
+    def steps_in_epoch(self, epoch, steps_per_epoch):
+        """Steps of 1-based ``epoch``: round(warmup_fraction x steps_per_epoch) (at least 1)
+        for the one epoch of a fractional warm-up, else ``steps_per_epoch``."""
+        if self.warmup_fraction is not None and self.phase_of_epoch(epoch) == WARMUP:
+            return max(1, int(round(self.warmup_fraction * steps_per_epoch)))
+        return steps_per_epoch
 
     def phase_of_epoch(self, epoch):
         """The phase name of a 1-based epoch."""
@@ -82,7 +92,11 @@ def build_optimization(model, loss, *, projection=None, learning_rate=defaults.L
                        proxy_lr_multiplier=defaults.PROXY_LR_MULTIPLIER,
                        weight_decay=defaults.WEIGHT_DECAY, clip_norm=defaults.CLIP_NORM,
                        clip_value=defaults.CLIP_VALUE, warmup_epochs=defaults.WARMUP_EPOCHS,
-                       warmup_variables=None):
+                       warmup_variables=None, optimizer=defaults.OPTIMIZER,
+                       momentum=None, nesterov=defaults.SGD_NESTEROV,
+                       rmsprop_rho=defaults.RMSPROP_RHO,
+                       warmup_lr_multiplier=defaults.WARMUP_LR_MULTIPLIER,
+                       warmup_all_layers=defaults.WARMUP_ALL_LAYERS):
     """The SPEC §6 optimization of ``model`` and ``loss``; call inside the strategy scope.
 
     Args:
@@ -100,7 +114,18 @@ def build_optimization(model, loss, *, projection=None, learning_rate=defaults.L
       warmup_epochs: first epochs training only ``warmup_variables`` and the loss's trainable
         variables (the model in inference mode), with their own Adam at ``learning_rate``.
       warmup_variables: explicit list of model variables the warm-up trains (e.g. the
-        embedding head's ``trainable_variables``); required when ``warmup_epochs > 0``.
+        embedding head's ``trainable_variables``); required when ``warmup_epochs > 0``
+        unless ``warmup_all_layers``.
+      optimizer: a key of ``ccp.training.optimizer_registry.OPTIMIZERS`` ("adam", "sgd",
+        "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "ftrl"); the adam_* arguments
+        apply to "adam" only.
+      momentum: SGD / RMSprop momentum (None: their defaults, 0); nesterov: SGD only;
+        rmsprop_rho: RMSprop only (0.9).
+      warmup_lr_multiplier: the warm-up learning rate is ``learning_rate`` x this (1.0).
+      warmup_all_layers: the warm-up trains every variable with the model in training mode
+        (the reference's freeze_during_warmup=False) instead of ``warmup_variables``.
+      A fractional ``warmup_epochs`` w < 1 is one warm-up epoch of round(w x steps_per_epoch)
+      steps (:meth:`Optimization.steps_in_epoch`); w >= 1 is int(w) epochs (the reference).
     Returns:
       :class:`Optimization`.
     """
@@ -109,7 +134,11 @@ def build_optimization(model, loss, *, projection=None, learning_rate=defaults.L
     if lr_schedule not in schedules_lib.LR_SCHEDULES:
         raise ValueError(f"unknown lr_schedule {lr_schedule!r}; valid: "
                          f"{', '.join(schedules_lib.LR_SCHEDULES)}")
-    if int(warmup_epochs) > 0 and not warmup_variables:
+    options = _optimizer_options(optimizer, momentum, nesterov, rmsprop_rho)
+    warmup_count = _warmup_epoch_count(warmup_epochs)
+    if warmup_lr_multiplier <= 0:
+        raise ValueError(f"warmup_lr_multiplier must be > 0, got {warmup_lr_multiplier}")
+    if warmup_count > 0 and not warmup_variables and not warmup_all_layers:
         raise ValueError("warmup_epochs > 0 needs warmup_variables: the model variables the "
                          "warm-up trains (e.g. the embedding head's trainable_variables)")
     if lr_decay_rate is None:
@@ -121,18 +150,21 @@ def build_optimization(model, loss, *, projection=None, learning_rate=defaults.L
         logging.warning("proxy_lr_multiplier=%s ignored: the loss has no proxy_variables",
                         proxy_lr_multiplier)
     adam = dict(beta_1=adam_beta_1, beta_2=adam_beta_2, epsilon=adam_epsilon,
-                lr_multipliers=[(proxy_variables, proxy_lr_multiplier)] if proxy_variables else [])
+                lr_multipliers=[(proxy_variables, proxy_lr_multiplier)] if proxy_variables else [],
+                optimizer=optimizer, options=options)
     schedule = schedules_lib.build_learning_rate(
         lr_schedule, learning_rate, decay_rate=lr_decay_rate, decay_steps=lr_decay_steps,
         staircase=lr_staircase)
     train_variables = list(model.trainable_variables) + loss_variables
     train = Phase(train_variables, optimizers_lib.build_optimizer(
-        train_variables, schedule, name="adam", **adam))
+        train_variables, schedule, name=optimizer, **adam))
     warmup = None
-    if int(warmup_epochs) > 0:
-        variables = list(warmup_variables) + loss_variables
+    if warmup_count > 0:
+        variables = (train_variables if warmup_all_layers
+                     else list(warmup_variables) + loss_variables)
         warmup = Phase(variables, optimizers_lib.build_optimizer(
-            variables, float(learning_rate), name="warmup_adam", **adam), model_training=False)
+            variables, float(learning_rate) * float(warmup_lr_multiplier),
+            name=f"warmup_{optimizer}", **adam), model_training=bool(warmup_all_layers))
     plateau = None
     if lr_schedule == "plateau":
         plateau = schedules_lib.ReduceLROnPlateau(
@@ -142,4 +174,30 @@ def build_optimization(model, loss, *, projection=None, learning_rate=defaults.L
     chain += transforms_lib.default_gradient_transforms(
         model, loss, weight_decay=weight_decay, clip_norm=clip_norm, clip_value=clip_value)
     return Optimization(train=train, gradient_transforms=chain, plateau=plateau, warmup=warmup,
-                        warmup_epochs=int(warmup_epochs))
+                        warmup_epochs=warmup_count,
+                        warmup_fraction=float(warmup_epochs) if 0 < warmup_epochs < 1 else None)
+
+
+def _optimizer_options(optimizer, momentum, nesterov, rmsprop_rho):
+    """The keras keyword arguments of a non-Adam optimizer from build_optimization's."""
+    if optimizer == "sgd":
+        return {"momentum": defaults.SGD_MOMENTUM if momentum is None else float(momentum),
+                "nesterov": bool(nesterov)}
+    if nesterov:
+        raise ValueError(f"nesterov (--nesterov) needs optimizer='sgd', got {optimizer!r}")
+    if optimizer == "rmsprop":
+        return {"rho": float(rmsprop_rho),
+                "momentum": defaults.RMSPROP_MOMENTUM if momentum is None else float(momentum)}
+    if momentum is not None:
+        raise ValueError(f"momentum (--momentum) needs optimizer 'sgd' or 'rmsprop', got "
+                         f"{optimizer!r}")
+    return None
+
+
+def _warmup_epoch_count(warmup_epochs):
+    """Warm-up epochs: int(w) for w >= 1, one (shortened) epoch for 0 < w < 1, else 0."""
+    if isinstance(warmup_epochs, bool) or warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs!r}")
+    if 0 < warmup_epochs < 1:
+        return 1
+    return int(warmup_epochs)

@@ -60,7 +60,7 @@ def inner_optimizer(optimizer):
 
 
 def build_optimizer(variables, learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
-                    lr_multipliers=(), name=None):
+                    lr_multipliers=(), name=None, optimizer="adam", options=None):
     """An :class:`AdamLRM`, built for ``variables``, loss-scaled under ``mixed_float16``.
 
     Call inside the strategy scope.
@@ -71,12 +71,18 @@ def build_optimizer(variables, learning_rate, beta_1=0.9, beta_2=0.999, epsilon=
       beta_1, beta_2, epsilon: Adam.
       lr_multipliers: iterable of ``(variables, multiplier)``.
       name: optimizer name.
+      optimizer: a key of ``ccp.training.optimizer_registry.OPTIMIZERS`` ("adam": AdamLRM
+        with beta_1, beta_2, epsilon; the others take ``options``, their keras arguments).
     Returns:
       the optimizer (a ``keras.mixed_precision.LossScaleOptimizer`` wrapping the Adam when the
       global policy is ``mixed_float16``; float16 gradients need loss scaling).
     """
-    adam = AdamLRM(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
-                   name=name)
+    if optimizer == "adam":
+        adam = AdamLRM(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
+                       epsilon=epsilon, name=name)
+    else:  # the reference's other optimizers (issue 15), with the same lr multipliers
+        from ccp.training import optimizer_registry
+        adam = optimizer_registry.create(optimizer, learning_rate, options, name)
     optimizer = adam
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.mixed_precision.LossScaleOptimizer(adam, name=f"{name}_loss_scale"

@@ -269,9 +269,10 @@ class Trainer:
         """Runs one epoch's steps; returns its record (mean loss terms, lr, seconds)."""
         started = time.time()
         phase = self.optimization.phase_of_epoch(epoch)
+        steps = self.optimization.steps_in_epoch(epoch, self.steps_per_epoch)
         means, bad_terms = epoch_lib.run_epoch(
-            self.steps[phase], iterator, self.steps_per_epoch, self.steps_per_execution,
-            epoch_lib.ProgressBar(self.steps_per_epoch, f"epoch {epoch}", self.progress_bar))
+            self.steps[phase], iterator, steps, self.steps_per_execution,
+            epoch_lib.ProgressBar(steps, f"epoch {epoch}", self.progress_bar))
         if bad_terms is not None:
             raise FloatingPointError(
                 f"non-finite loss or gradient at epoch {epoch}, step "

@@ -189,3 +189,31 @@ def test_proxy_pool_draws_are_deterministic_per_projection_and_augmented(tmp_pat
     evaluated = builders.proxy_pool_fn(config.replace(ccp_pool_transform="eval"), splits.train,
                                        seed=4)(model, 1)
     assert not np.allclose(first, evaluated)  # the training transform is applied
+
+
+def test_monitored_trainer_evaluates_a_query_set_against_a_gallery():
+    """In-shop's test split (queries vs gallery) as the monitored set, against numpy."""
+    import keras
+    import tensorflow as tf
+
+    import ccp
+    from experiments.monitored import MonitoredTrainer
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="embedding")])
+    loss = ccp.losses.ContrastiveLoss()
+    trainer = MonitoredTrainer(model, loss, ccp.training.build_optimization(model, loss),
+                               monitor="precision_at_1", monitored_split="test",
+                               progress_bar=False)
+    rng = np.random.default_rng(1)
+    query, gallery = rng.normal(size=(12, 4)), rng.normal(size=(15, 4))
+    query_labels, gallery_labels = np.arange(12) % 4, np.arange(15) % 4
+
+    def dataset(x, y):
+        return tf.data.Dataset.from_tensor_slices((x.astype(np.float32), y)).batch(5)
+
+    metrics = trainer.evaluate((dataset(query, query_labels), dataset(gallery, gallery_labels)))
+    embed = lambda x: model(x.astype(np.float32)).numpy()  # noqa: E731
+    assert metrics["map_at_r"] == pytest.approx(
+        _map_at_r(embed(query), query_labels, embed(gallery), gallery_labels), abs=1e-6)
+    assert metrics["embedding_spread"] > 0

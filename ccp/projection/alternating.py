@@ -42,6 +42,19 @@ class AlternatingProjection(tf.Module):
       pool_size: ``b``, pool images per class; a pool must hold ``b`` candidates per class, or
         ``b * K`` when ``b < K``. None skips the check.
       random_init: keep the loss's initial (random) proxies instead of the k-center init.
+      monitor: the validation metric the schedule follows (a key of the validation metrics:
+        "map_at_r", "precision_at_1", "r_precision", "recall_at_<k>"), or "loss" (the
+        epoch's mean training loss); the Trainer feeds it.
+      stop_at_min: an instance ends at the minimum of a loss-type monitor (mode "min");
+        default from the monitor ("loss": True).
+      fixed_interval: None, or N: project every N epochs without early stopping (the
+        reference's fixed ``ccp_iterations``); the anchor moves to the weights at that epoch.
+        N epochs are N x steps_per_epoch steps.
+      perturb_noise: sigma: at each projection ``w_prev += rms(w_prev) * N(0, sigma^2)`` per
+        variable (the reference adds it to its best-weights copy after the anchor took them;
+        0 = none); noise_seed seeds it (stateless, per instance and variable).
+      normalized_kcenter: greedy k-center on L2-normalized embeddings (the reference's
+        ``normalized_embeddings``).
     """
 
     def __init__(self, model_variables, proxy_owner=None, *, lambda_0=defaults.CCP_LAMBDA,
@@ -49,12 +62,23 @@ class AlternatingProjection(tf.Module):
                  min_epochs_per_instance=defaults.CCP_MIN_EPOCHS_PER_INSTANCE,
                  min_delta=defaults.CCP_MIN_DELTA, pool_size=defaults.CCP_POOL_SIZE,
                  random_init=False, monitor_lag=defaults.CCP_MONITOR_LAG,
+                 monitor=defaults.CCP_MONITOR, stop_at_min=None, fixed_interval=None,
+                 perturb_noise=0.0, noise_seed=0, normalized_kcenter=False,
                  name="alternating_projection"):
         super().__init__(name=name)
         if pool_size is not None and int(pool_size) < 1:
             raise ValueError(f"pool_size must be >= 1 or None, got {pool_size}")
+        if float(perturb_noise) < 0:
+            raise ValueError(f"perturb_noise must be >= 0, got {perturb_noise}")
+        self.monitor = str(monitor)
+        if stop_at_min is None:
+            stop_at_min = self.monitor == "loss"
         self.schedule = ProjectionSchedule(patience, min_epochs_per_instance, min_delta,
-                                           monitor_lag)
+                                           monitor_lag, mode="min" if stop_at_min else "max",
+                                           fixed_interval=fixed_interval)
+        self.perturb_noise = float(perturb_noise)
+        self.noise_seed = int(noise_seed)
+        self.normalized_kcenter = bool(normalized_kcenter)
         self.schedule_state = PythonStateCheckpoint(self.schedule)
         self.anchor = ProximalAnchor(model_variables, lambda_0, decay)
         self.pool_size = None if pool_size is None else int(pool_size)
@@ -111,7 +135,8 @@ class AlternatingProjection(tf.Module):
         pool = self._pool(pool_fn, 0)
         zero_cover = tf.zeros([pool.shape[0], 1, pool.shape[2]], tf.float32)
         event = {"event": "proxy_init", "instance": 0,
-                 **proxies_lib.rebuild_proxy_bank(self.proxy_owner, pool, zero_cover)}
+                 **proxies_lib.rebuild_proxy_bank(self.proxy_owner, pool, zero_cover,
+                                                  self.normalized_kcenter)}
         self.proxies_initialized.assign(True)
         logging.info("CCP: initial proxies by greedy k-center from a pool of %d per class; "
                      "covering radius %.4f, mean proxy distance %.4f", event["pool_size"],
@@ -149,19 +174,24 @@ class AlternatingProjection(tf.Module):
           the projection event (dict of JSON-able values).
         """
         summary = self.schedule.end_instance()
-        if not summary.had_best:
+        if self.schedule.fixed_interval is not None:
+            self._remember_best()  # no early stopping: anchor at this epoch's weights
+        elif not summary.had_best:
             # Only possible when every value of the instance was NaN: anchor at the current point.
             logging.warning("CCP: instance %d ended without a best snapshot; using the current "
                             "weights and proxies", summary.ended_instance)
             self._remember_best()
         self.anchor.move_to_best(summary.next_instance)
+        if self.perturb_noise > 0:
+            self.anchor.perturb(self.perturb_noise, self.noise_seed, summary.next_instance)
         event = {"event": "projection", "instance": summary.next_instance,
                  "lambda": float(self.lambda_t.numpy()), "best_value": summary.best_value,
                  "epochs_in_instance": summary.epochs}
         if self.has_proxies:
             pool = self._pool(pool_fn, summary.next_instance)
             event.update(proxies_lib.rebuild_proxy_bank(self.proxy_owner, pool,
-                                                        self.best_proxies))
+                                                        self.best_proxies,
+                                                        self.normalized_kcenter))
         logging.info(
             "CCP: problem instance %d ended after %d epochs (best MAP@R %.4f); lambda=%.3g; "
             "covering radius %.4f -> %.4f; mean proxy distance %.4f -> %.4f",

@@ -75,6 +75,16 @@ class ProximalAnchor(tf.Module):
         for best, variable in zip(self.best_weights, self.model_variables):
             best.assign(variable)
 
+    def perturb(self, noise, seed, instance):
+        """``w_prev += rms(w_prev) * N(0, noise^2)`` per variable (the reference's
+        ``perturb_noise``), drawn statelessly from ``(seed, instance, variable index)``."""
+        for index, prev in enumerate(self.w_prev):
+            rms = tf.sqrt(tf.reduce_mean(tf.square(prev)))
+            draw = tf.random.stateless_normal(
+                tf.shape(prev), seed=[int(seed), int(instance) * 100003 + index],
+                dtype=prev.dtype)
+            prev.assign_add(rms * float(noise) * draw)
+
     def move_to_best(self, instance):
         """Projection into instance ``instance``: ``w_prev <- best``, ``lambda_t`` updated."""
         for prev, best in zip(self.w_prev, self.best_weights):

@@ -85,7 +85,7 @@ def greedy_k_center_indices(candidates, centers, k):
     return tf.stack(picks, axis=1), min_dist
 
 
-def greedy_k_center(candidates, centers, k):
+def greedy_k_center(candidates, centers, k, normalized=False):
     """Greedy k-center per class (SPEC §5), batched over classes; public API.
 
     Starting from the cover ``centers``, repeatedly keeps the candidate farthest (squared L2)
@@ -98,10 +98,17 @@ def greedy_k_center(candidates, centers, k):
       candidates: float ``[C, P, D]``, ``P >= k`` candidates per class.
       centers: float ``[C, M, D]``, the starting cover (e.g. the current best proxies).
       k: Python int, the number of picks per class.
+      normalized: pick by distances between L2-normalized candidates and cover (the
+        reference's ``normalized_embeddings``); the picks returned are the raw candidates.
     Returns:
       float32 ``[C, k, D]``: the picked candidates, in pick order.
     """
     candidates = tf.convert_to_tensor(candidates, tf.float32)
+    if normalized:  # an all-zero cover stays zero (l2_normalize's epsilon)
+        indices, _ = greedy_k_center_indices(
+            tf.math.l2_normalize(candidates, axis=-1),
+            tf.math.l2_normalize(tf.convert_to_tensor(centers, tf.float32), axis=-1), k)
+        return tf.gather(candidates, indices, batch_dims=1)
     indices, _ = greedy_k_center_indices(candidates, centers, k)
     return tf.gather(candidates, indices, batch_dims=1)
 

@@ -5,9 +5,9 @@ from ccp.projection import kcenter
 
 
 @tf.function
-def _k_center_with_figures(pool, cover, k):
+def _k_center_with_figures(pool, cover, k, normalized=False):
     """Graph-mode projection math: new proxies ``[C, k, D]`` and the logged figures."""
-    new = kcenter.greedy_k_center(pool, cover, k)
+    new = kcenter.greedy_k_center(pool, cover, k, normalized=normalized)
     radius_after = kcenter.covering_radius(pool, new)
     return new, {
         "radius_before": tf.reduce_mean(kcenter.covering_radius(pool, cover)),
@@ -50,7 +50,7 @@ def validated_pool(pool, bank_shape, pool_size=None):
     return pool
 
 
-def rebuild_proxy_bank(proxy_owner, pool, cover):
+def rebuild_proxy_bank(proxy_owner, pool, cover, normalized=False):
     """Greedy k-center picks from ``pool`` starting at ``cover`` become the owner's proxies.
 
     Args:
@@ -58,6 +58,7 @@ def rebuild_proxy_bank(proxy_owner, pool, cover):
       pool: float ``[C, P, D]`` raw candidate embeddings (finite).
       cover: float ``[C, M, D]`` starting cover (the instance's best proxies, or ``[C, 1, D]``
         zeros for the initial proxies).
+      normalized: greedy k-center on L2-normalized embeddings (kcenter.greedy_k_center).
     Returns:
       dict of the logged figures: ``pool_size``, covering radius and mean proxy distance before
       and after (floats).
@@ -66,7 +67,7 @@ def rebuild_proxy_bank(proxy_owner, pool, cover):
     kcenter.check_finite_pool(pool)
     per_class = proxy_bank_shape(proxy_owner)[1]
     new, figures = _k_center_with_figures(pool, tf.convert_to_tensor(cover, tf.float32),
-                                          per_class)
+                                          per_class, bool(normalized))
     proxy_owner.assign_proxies(new)
     return {"pool_size": int(pool.shape[1]),
             **{key: float(value) for key, value in figures.items()}}

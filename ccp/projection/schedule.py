@@ -40,11 +40,21 @@ class ProjectionSchedule:
       min_delta: improvement margin (SPEC §5.2: 1e-5).
       monitor_lag: 0 = decide on this epoch's value; 1 = on the previous epoch's value (the
         reference code's ordering, SPEC §5 "Which epoch's MAP@R").
+      mode: "max" (MAP@R, P@1, R@K) or "min" (a loss-type value: the reference's
+        ``stop_at_min``).
+      fixed_interval: None, or N: a fixed number of updates per instance without early
+        stopping (the reference's ``ccp_iterations`` with ``early_stopping=False``): every N-th
+        update is ``PROJECT``, values are not compared and no update is ``NEW_BEST``.
     """
 
     def __init__(self, patience=defaults.CCP_PATIENCE,
                  min_epochs_per_instance=defaults.CCP_MIN_EPOCHS_PER_INSTANCE,
-                 min_delta=defaults.CCP_MIN_DELTA, monitor_lag=defaults.CCP_MONITOR_LAG):
+                 min_delta=defaults.CCP_MIN_DELTA, monitor_lag=defaults.CCP_MONITOR_LAG,
+                 mode="max", fixed_interval=None):
+        if fixed_interval is not None and (isinstance(fixed_interval, bool)
+                                           or int(fixed_interval) < 1):
+            raise ValueError(f"fixed_interval must be None or >= 1, got {fixed_interval!r}")
+        self.fixed_interval = None if fixed_interval is None else int(fixed_interval)
         if monitor_lag not in (0, 1):
             raise ValueError(f"monitor_lag must be 0 or 1, got {monitor_lag!r}")
         if int(patience) < 1 or int(min_epochs_per_instance) < 1:
@@ -52,7 +62,7 @@ class ProjectionSchedule:
                              f"{patience} and {min_epochs_per_instance}")
         self.min_epochs_per_instance = int(min_epochs_per_instance)
         self.monitor_lag = int(monitor_lag)
-        self.tracker = ImprovementTracker("max", min_delta=min_delta, patience=patience)
+        self.tracker = ImprovementTracker(mode, min_delta=min_delta, patience=patience)
         self.instance = 0
         self.epochs_in_instance = 0
         self.lagged_value = math.nan
@@ -71,6 +81,8 @@ class ProjectionSchedule:
         if self.monitor_lag:
             value, self.lagged_value = self.lagged_value, value
         self.epochs_in_instance += 1
+        if self.fixed_interval is not None:
+            return PROJECT if self.epochs_in_instance >= self.fixed_interval else CONTINUE
         if math.isnan(value) or self.epochs_in_instance < self.min_epochs_per_instance:
             return CONTINUE
         if self.tracker.update(value, step=self.epochs_in_instance):

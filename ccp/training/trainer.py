@@ -300,7 +300,8 @@ class Trainer:
                 self.state.snapshot_best()
             if self.projection is not None:
                 # After the early-stopping snapshot: a projection replaces the proxies.
-                decision = self.projection.on_epoch_end(metric, pool_fn)
+                decision = self.projection.on_epoch_end(
+                    _monitored(self.projection, metric, record), pool_fn)
                 record["ccp_action"] = decision.action
                 if decision.event is not None:
                     log.write({**decision.event, "epoch": epoch})
@@ -337,3 +338,18 @@ class Trainer:
         for best, variable in zip(self.state.best_weights, self.state.sources):
             variable.assign(best)
         return True
+
+
+def _monitored(projection, metric, record):
+    """The value CCP's schedule follows: ``projection.monitor`` of this epoch's record
+    ("map_at_r": the validation MAP@R; "loss": the epoch's mean training loss; another name:
+    that validation metric, e.g. "precision_at_1", "recall_at_4", "r_precision")."""
+    monitor = getattr(projection, "monitor", "map_at_r")
+    if monitor == "map_at_r":
+        return metric
+    key = "loss" if monitor == "loss" else f"val_{monitor}"
+    if key not in record:
+        valid = sorted(k[4:] for k in record if k.startswith("val_")) + ["loss"]
+        raise ValueError(f"CCP monitor {monitor!r} (--ccp_monitor) is not in this epoch's "
+                         f"metrics; valid: {valid}")
+    return record[key]

@@ -130,6 +130,10 @@ def load_splits(config):
     if data.dataset in registry.EMBEDDED_DATASETS:  # rendered at the model's input size
         return data_pipelines.load(data.dataset, None, image_size=config.resolved_image_size,
                                    **options)
+    if data.cub_variant != "standard":  # the reference's noisy / closed-set CUB
+        options.update(variant=data.cub_variant, noise_seed=data.label_noise_seed)
+    if data.crop_to_bbox:
+        options["crop_to_bbox"] = True
     return data_pipelines.load(data.dataset, data.data_dir, **options)
 
 

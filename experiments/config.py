@@ -60,6 +60,11 @@ class DataConfig:
     allow_partial: bool = _field(False, "Accept a data set copy whose counts differ from the "
                                         "published ones.")
     classes_per_batch: int = _field(D.CLASSES_PER_BATCH, "Classes in each training batch.")
+    cub_variant: str = _field("standard", "CUB variant of the reference: label noise on the train "
+                                          "split (0.1/0.2/0.4) or the closed-set split.",
+                              ("standard", "closed", "low_noise", "medium_noise", "high_noise"))
+    label_noise_seed: int = _field(0, "Seed of the CUB label noise (--cub_variant=*_noise).")
+    crop_to_bbox: bool = _field(False, "Crop CUB / Cars196 images to their bounding boxes.")
     samples_per_class: int = _field(D.SAMPLES_PER_CLASS, "Images per class in each training "
                                                          "batch.")
 
@@ -160,6 +165,16 @@ class CCPConfig:
                                           "augmentation (the reference's) or the evaluation "
                                           "transform.", registry.POOL_TRANSFORMS,
                                  flag="ccp_pool_transform")
+    monitor_metric: str = _field(D.CCP_MONITOR, "Metric the CCP schedule follows: a validation "
+                                                "metric (map_at_r, precision_at_1, "
+                                                "recall_at_K, r_precision) or loss (minimum).",
+                                 flag="ccp_monitor_metric")
+    fixed_interval: int = _field(0, "Project every N epochs without early stopping (0 = at "
+                                    "instance ends).", flag="ccp_fixed_interval")
+    perturb_noise: float = _field(0.0, "Noise sigma added to w_prev at a projection (x its RMS).",
+                                  flag="ccp_perturb_noise")
+    normalized_kcenter: bool = _field(False, "Greedy k-center on L2-normalized embeddings.",
+                                      flag="ccp_normalized_kcenter")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,8 +214,18 @@ class OptimizerConfig:
     lr_plateau_factor: float = _field(D.LR_PLATEAU_FACTOR, "Factor of the plateau schedule.")
     lr_plateau_patience: int = _field(D.LR_PLATEAU_PATIENCE, "Epochs without improvement before "
                                                              "a plateau decay.")
-    warmup_epochs: int = _field(D.WARMUP_EPOCHS, "Epochs training only the embedding layer (and "
-                                                 "proxies).")
+    warmup_epochs: float = _field(float(D.WARMUP_EPOCHS), "Epochs training only the embedding "
+                                                          "layer (and proxies); < 1: one "
+                                                          "epoch of that fraction of steps.")
+    warmup_lr_multiplier: float = _field(D.WARMUP_LR_MULTIPLIER, "Warm-up learning rate = "
+                                                                 "--learning_rate x this.")
+    warmup_all_layers: bool = _field(D.WARMUP_ALL_LAYERS, "The warm-up trains every layer.")
+    optimizer: str = _field(D.OPTIMIZER, "Optimizer (the reference's list).",
+                            ("adam", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "nadam",
+                             "ftrl"))
+    momentum: float = _field(D.SGD_MOMENTUM, "Momentum of --optimizer=sgd or rmsprop.")
+    nesterov: bool = _field(D.SGD_NESTEROV, "Nesterov momentum (--optimizer=sgd).")
+    rmsprop_rho: float = _field(D.RMSPROP_RHO, "RMSprop rho (--optimizer=rmsprop).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +249,10 @@ class ProtocolConfig:
     eval_batch_size: int = _field(D.EVAL_BATCH_SIZE, "Batch size of embedding passes.")
     recall_at: Tuple[int, ...] = _field(D.RECALL_AT, "Ranks of Recall@K.")
     compute_nmi: bool = _field(True, "Compute NMI (k-means) on the test set.")
+    eval_pca_dim: int = _field(0, "PCA of the test embeddings to this dimension, fitted on the "
+                                  "reference set (0 = none).")
+    eval_at_k: Tuple[int, ...] = _field((), "K list of the reference's AllAtK outputs "
+                                            "(MAP@K, P@K, R@K); empty = none.")
     monitor: str = _field(registry.MONITORS[0], "Metric of early stopping, the plateau "
                                                 "schedule and the CCP schedule.",
                           registry.MONITORS)
@@ -358,6 +387,31 @@ def _range_problems(flat):
         problems.append(f"--recall_at must be positive integers, got {flat['recall_at']}")
     if flat["warmup_epochs"] < 0:
         problems.append(f"--warmup_epochs must be >= 0, got {flat['warmup_epochs']}")
+    problems += _toolbox_problems(flat)
+    return problems
+
+
+def _toolbox_problems(flat):
+    """Issue 15 options: values and the options they need."""
+    problems = []
+    if flat["nesterov"] and flat["optimizer"] != "sgd":
+        problems.append("--nesterov needs --optimizer=sgd")
+    if flat["momentum"] and flat["optimizer"] not in ("sgd", "rmsprop"):
+        problems.append("--momentum needs --optimizer=sgd or rmsprop")
+    for name in ("momentum", "eval_pca_dim", "ccp_fixed_interval", "ccp_perturb_noise"):
+        if flat[name] < 0:
+            problems.append(f"--{name} must be >= 0, got {flat[name]}")
+    if flat["warmup_lr_multiplier"] <= 0:
+        problems.append(f"--warmup_lr_multiplier must be > 0, got {flat['warmup_lr_multiplier']}")
+    if any(k < 1 for k in flat["eval_at_k"]):
+        problems.append(f"--eval_at_k must be positive integers, got {flat['eval_at_k']}")
+    if flat["cub_variant"] != "standard" and flat["dataset"] != "cub":
+        problems.append("--cub_variant needs --dataset=cub")
+    if flat["crop_to_bbox"] and flat["dataset"] not in ("cub", "cars196"):
+        problems.append("--crop_to_bbox needs --dataset=cub or cars196")
+    if (flat["cub_variant"] != "standard" or flat["crop_to_bbox"]) \
+            and flat["data_source"] != "files":
+        problems.append("--cub_variant/--crop_to_bbox need --data_source=files")
     return problems
 
 

@@ -29,6 +29,9 @@ def build_projection(config, model, loss):
         lambda_0=cfg.lambda_0, decay=cfg.decay, patience=cfg.patience,
         min_epochs_per_instance=cfg.min_epochs_per_instance, min_delta=cfg.min_delta,
         pool_size=cfg.pool_size, random_init=cfg.random_init, monitor_lag=cfg.monitor_lag,
+        monitor=cfg.monitor_metric, fixed_interval=cfg.fixed_interval or None,
+        perturb_noise=cfg.perturb_noise, noise_seed=config.protocol.seed,
+        normalized_kcenter=cfg.normalized_kcenter,
     )
 
 
@@ -48,6 +51,9 @@ def build_optimization(config, model, loss, projection):
         proxy_lr_multiplier=opt.proxy_lr_multiplier, weight_decay=opt.weight_decay,
         clip_norm=opt.clip_norm, clip_value=opt.clip_value,
         warmup_epochs=opt.warmup_epochs, warmup_variables=warmup_variables,
+        optimizer=opt.optimizer, nesterov=opt.nesterov, rmsprop_rho=opt.rmsprop_rho,
+        momentum=opt.momentum if opt.optimizer in ("sgd", "rmsprop") else None,
+        warmup_lr_multiplier=opt.warmup_lr_multiplier, warmup_all_layers=opt.warmup_all_layers,
     )
 
 

@@ -25,6 +25,7 @@ _SUBMODULES = (
     "tracking",
     "diagnostics",
     "export",
+    "evaluation_extras",
 )
 
 __all__ = list(_SUBMODULES)

@@ -7,6 +7,8 @@ Modules, one job each:
   optimization:   ``build_optimization`` -> ``Optimization`` (phases, transform chain, plateau).
   transforms:     gradient transforms ``(grads, variables) -> grads`` and the SPEC §6 chain.
   optimizers:     ``AdamLRM`` (Adam with per-variable learning-rate multipliers).
+  optimizer_registry: the reference's other optimizers (SGD, RMSprop, ...), each with
+                  learning-rate multipliers (``OPTIMIZERS``, ``create``).
   schedules:      learning-rate schedules (constant, exponential, reduce-on-plateau).
   distribution:   global batches -> per-replica batches; the worker's role.
   checkpointing:  ``Checkpointing`` (manager, chief/worker folders, restore), RNG states.
@@ -20,6 +22,7 @@ from ccp.training.checkpointing import Checkpointing
 from ccp.training.distribution import distribute, single_batch
 from ccp.training.embedding import embed_dataset
 from ccp.training.events import EVENTS_FILE, EventLog
+from ccp.training import optimizer_registry
 from ccp.training.optimization import TRAIN, WARMUP, Optimization, Phase, build_optimization
 from ccp.training.optimizers import AdamLRM, build_optimizer
 from ccp.training.schedules import LR_SCHEDULES, ReduceLROnPlateau, build_learning_rate
@@ -41,5 +44,5 @@ __all__ = [
     "ReduceLROnPlateau", "TRAIN", "TrainStep", "Trainer", "TrainerState", "WARMUP",
     "WeightDecay", "apply_transforms", "batchnorm_variables", "build_learning_rate",
     "build_optimization", "build_optimizer", "default_gradient_transforms", "distribute",
-    "embed_dataset", "single_batch",
+    "embed_dataset", "optimizer_registry", "single_batch",
 ]

@@ -269,6 +269,10 @@ class RunConfig:
     export: bool = _field(True, "Export per-fold and ensemble SavedModel embedders.")
     report: bool = _field(True, "Write plots and report.md.")
     tsne_points: int = _field(1500, "Test embeddings shown in the t-SNE plot (0 = no t-SNE).")
+    radius_images: int = _field(2048, "CCP runs: training images (a fixed seeded subsample, "
+                                      "eval transform) whose covering radius by their class's "
+                                      "proxies is measured after every epoch (0 = off; an "
+                                      "inference pass over them each epoch).")
     precision: str = _field("float32", "Compute precision policy.", registry.PRECISIONS)
     strategy: str = _field("default", "tf.distribute strategy.", registry.STRATEGIES)
     tpu: str = _field("", "TPU name or grpc:// address for --strategy=tpu.")
@@ -385,6 +389,9 @@ def _range_problems(flat):
         problems.append(f"--ccp_monitor_lag must be 0 or 1, got {flat['ccp_monitor_lag']}")
     if not flat["recall_at"] or any(k < 1 for k in flat["recall_at"]):
         problems.append(f"--recall_at must be positive integers, got {flat['recall_at']}")
+    for name in ("tsne_points", "radius_images"):
+        if flat[name] < 0:
+            problems.append(f"--{name} must be >= 0, got {flat[name]}")
     if flat["warmup_epochs"] < 0:
         problems.append(f"--warmup_epochs must be >= 0, got {flat['warmup_epochs']}")
     problems += _toolbox_problems(flat)

@@ -7,6 +7,7 @@ from absl import logging
 
 import ccp
 from experiments import builders
+from experiments import covering
 from experiments import monitored
 
 EMBEDDING_LAYER = "embedding"  # SPEC §1: the embedding head of ccp.models
@@ -109,9 +110,18 @@ def train_fold(config, fold, fold_dir, seed, strategy, test_sets=None):
         trainer = build_trainer(config, model, loss, strategy, fold_dir)
     validation = monitored_data(config, fold, test_sets)
     pool = builders.proxy_pool_fn(config, train_records, seed) if config.ccp.enabled else None
+    radius = None
+    if config.ccp.enabled and config.run.radius_images > 0 and trainer.projection.has_proxies:
+        radius = covering.CoveringRadiusMonitor(
+            config, train_records, seed, config.run.radius_images,
+            trainer.projection.proxy_owner, log_dir=f"{fold_dir}/logs")
     result = trainer.fit(
         builders.train_dataset_fn(config, train_records, seed),
         validation_data=validation,
         proxy_pool_fn=pool,
+        callbacks=[radius] if radius is not None else (),
     )
+    if radius is not None:  # the training classes' covering radius, epoch by epoch + final
+        radius.finish(model, result["best_epoch"] or result["epochs"])
+        result["covering_radius"] = radius.series
     return model, loss, result

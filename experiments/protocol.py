@@ -23,6 +23,7 @@ import data_pipelines
 from ccp import evaluation_extras
 from experiments import builders
 from experiments import config as config_lib
+from experiments import covering
 from experiments import ensembles
 from experiments import fold_training
 from experiments import report as report_lib
@@ -115,6 +116,16 @@ def _proxies(loss):
     return Embedded(np.asarray(proxies.numpy()), np.asarray(loss.proxy_labels))
 
 
+def _train_sample(config, model, fold, seed, proxies):
+    """Training-class embeddings (class indices of the proxy bank) for the report's proxy plot:
+    a fixed subsample of ``--tsne_points`` training images; None without proxies or report."""
+    if proxies is None or not config.run.report or config.run.tsne_points <= 0:
+        return None
+    sample = embed(config, model, covering.training_sample(fold.train, config.run.tsne_points,
+                                                           seed))
+    return Embedded(sample.embeddings, np.searchsorted(fold.train.classes, sample.labels))
+
+
 def run_fold(config, fold, fold_dir, repeat, seed, strategy, eval_sets):
     """Trains one fold (or reloads a finished one); returns ``(FoldResult, model or None)``."""
     if FoldResult.exists(fold_dir):
@@ -129,12 +140,14 @@ def run_fold(config, fold, fold_dir, repeat, seed, strategy, eval_sets):
     query = embed(config, model, eval_sets.query)
     reference = (embed(config, model, eval_sets.reference)
                  if eval_sets.reference is not None else None)
+    proxies = _proxies(loss)
     result = FoldResult(
         repeat=repeat, fold=fold.index, train_classes=int(fold.train.num_classes),
         val_classes=int(fold.val.num_classes) if fold.val is not None else 0,
         test_metrics=test_metrics(config, query, reference),
         training=results_lib.json_safe(training), seconds=time.time() - started,
-        query=query, reference=reference, proxies=_proxies(loss))
+        query=query, reference=reference, proxies=proxies,
+        train_sample=_train_sample(config, model, fold, seed, proxies))
     result.save(fold_dir)
     logging.info("fold %s: test MAP@R %.4f", fold.index, result.test_metrics["map_at_r"])
     return result, model

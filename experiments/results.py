@@ -22,7 +22,7 @@ METRIC_TITLES = {"precision_at_1": "P@1 (R@1)", "r_precision": "R-precision", "m
 
 # FoldResult attribute -> (array name, label array name) in test_embeddings.npz.
 _ARRAY_NAMES = (("query", "query_labels"), ("reference", "reference_labels"),
-                ("proxies", "proxy_labels"))
+                ("proxies", "proxy_labels"), ("train_sample", "train_sample_labels"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +45,8 @@ class FoldResult:
       seconds: training + evaluation time of this fold (0 when reloaded).
       query, reference: test embeddings (reference None when the query set is its own gallery).
       proxies: the loss's proxies ``[P, D]`` and their labels, or None.
+      train_sample: embeddings of a training subsample with labels in the proxies' class index
+        space (``0..train_classes-1``), for the report's proxy plot; or None.
     """
 
     repeat: int
@@ -57,6 +59,7 @@ class FoldResult:
     query: Embedded
     reference: Optional[Embedded] = None
     proxies: Optional[Embedded] = None
+    train_sample: Optional[Embedded] = None
 
     def to_json(self):
         return {"fold": self.fold, "repeat": self.repeat, "train_classes": self.train_classes,

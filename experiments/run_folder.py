@@ -21,7 +21,7 @@ COMPLETE_FILE = "COMPLETE"
 RESUME_FREE_FLAGS = frozenset({
     "output_dir", "progress_bar", "report", "export", "tsne_points", "data_dir", "repeats",
     "compute_nmi", "eval_batch_size", "skip_corrupt", "allow_partial", "cache_images",
-    "data_source",
+    "data_source", "radius_images",
 })
 
 

@@ -114,7 +114,7 @@ def train_fold(config, fold, fold_dir, seed, strategy, test_sets=None):
     if config.ccp.enabled and config.run.radius_images > 0 and trainer.projection.has_proxies:
         radius = covering.CoveringRadiusMonitor(
             config, train_records, seed, config.run.radius_images,
-            trainer.projection.proxy_owner, log_dir=f"{fold_dir}/logs")
+            trainer.projection.proxy_owner, log_dir=trainer.log_dir)  # None off the chief
     result = trainer.fit(
         builders.train_dataset_fn(config, train_records, seed),
         validation_data=validation,

@@ -168,7 +168,7 @@ def test_covering_radius_figure_marks_projections_and_names_folds_without():
 def test_tiny_digits_ccp_run_reports_radius_projections_and_panels(tmp_path):
     output = tmp_path / "run"
     config = flags_lib.parse_flagfile("digits.cfg").replace(
-        output_dir=str(output), steps_per_epoch=2, max_epochs=5, embedding_size=8,
+        output_dir=str(output), steps_per_epoch=2, max_epochs=3, embedding_size=8,
         ccp_pool_size=2, ccp_proxies_per_class=2, ccp_patience=1, folds=2, classes_per_batch=2,
         samples_per_class=3, eval_batch_size=256, progress_bar=False, export=False,
         compute_nmi=False, seed=5, tsne_points=120, radius_images=60)

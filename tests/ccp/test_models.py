@@ -556,7 +556,7 @@ def test_unfrozen_batchnorm_trains():
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(backbone="vgg"), ValueError, "valid: bn_inception, resnet50, small_cnn"),
+    (dict(backbone="vgg"), ValueError, "valid: bn_inception, efficientnet_b0, .*, small_cnn"),
     (dict(backbone="small_cnn", embedding_size=0), ValueError, "embedding_size"),
     (dict(backbone="small_cnn", embedding_size="128"), ValueError, "embedding_size"),
     (dict(backbone="small_cnn", pooling="sum"), ValueError, "pooling must be one of"),

@@ -5,6 +5,7 @@
 proxies. It is fully built at construction (inside the strategy scope) and checkpointable.
 """
 import collections
+import math
 
 import tensorflow as tf
 from absl import logging
@@ -185,7 +186,9 @@ class AlternatingProjection(tf.Module):
         if self.perturb_noise > 0:
             self.anchor.perturb(self.perturb_noise, self.noise_seed, summary.next_instance)
         event = {"event": "projection", "instance": summary.next_instance,
-                 "lambda": float(self.lambda_t.numpy()), "best_value": summary.best_value,
+                 "lambda": float(self.lambda_t.numpy()),
+                 # None when nothing was compared (fixed_interval, or only NaN values)
+                 "best_value": summary.best_value if math.isfinite(summary.best_value) else None,
                  "epochs_in_instance": summary.epochs}
         if self.has_proxies:
             pool = self._pool(pool_fn, summary.next_instance)

@@ -125,7 +125,7 @@ def test_conventional_variant_selects_on_test_stops_early_and_projects(tmp_path,
                      frozen=("folds",))
     assert config.protocol.select_on_test and config.protocol.monitor == "precision_at_1"
     assert config.model.pooling == "avg+max" and config.protocol.folds == 1
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         results = protocol.run(config)
     assert "TEST split" in caplog.text and "monitored test Recall@1" in caplog.text
     assert "test split" in results["model_selection"] and "test split" in results["table"]
@@ -169,7 +169,7 @@ def test_cub_flagfile_draws_train_transform_pools_one_epoch_late(cub_fixture, tm
         "--max_epochs=3", "--ccp_patience=1", "--noprogress_bar", "--nocompute_nmi",
         "--noreport", "--noexport", "--eval_batch_size=64"])
     assert config.ccp.monitor_lag == 1 and config.ccp.pool_transform == "train"
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         protocol.run(config)
     assert "proxy pool: 12 images/class, train transform, draw 0" in caplog.text
     assert "CCP schedule: one epoch late" in caplog.text

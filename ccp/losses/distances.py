@@ -11,6 +11,7 @@ import keras
 import tensorflow as tf
 
 from ccp import defaults, ops
+from ccp.losses import registered
 
 
 class Distance:
@@ -94,16 +95,7 @@ REGISTRY = {cls.name: cls for cls in (EuclideanDistance, SquaredEuclideanDistanc
 
 def get(identifier):
     """A :class:`Distance` from a registered name, a serialized dict or an instance."""
-    if isinstance(identifier, Distance):
-        return identifier
-    if isinstance(identifier, str) and identifier in REGISTRY:
-        return REGISTRY[identifier]()
-    if isinstance(identifier, dict):
-        distance = keras.saving.deserialize_keras_object(identifier)
-        if isinstance(distance, Distance):
-            return distance
-    raise ValueError(f"distance must be one of {sorted(REGISTRY)} or a "
-                     f"ccp.losses.distances.Distance, got {identifier!r}")
+    return registered.resolve(identifier, REGISTRY, Distance, "distance")
 
 
 def serialize(distance):

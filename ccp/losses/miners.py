@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from ccp import defaults, ops
+from ccp.losses import registered
 
 
 def hard_negatives(dists, pos_mask, neg_mask):
@@ -223,16 +224,7 @@ REGISTRY = {cls.name: cls for cls in (HardNegatives, DistanceWeighted, MultiSimi
 
 def get(identifier):
     """None, or a :class:`Miner` from a registered name, a serialized dict or an instance."""
-    if identifier is None or isinstance(identifier, Miner):
-        return identifier
-    if isinstance(identifier, str) and identifier in REGISTRY:
-        return REGISTRY[identifier]()
-    if isinstance(identifier, dict):
-        miner = keras.saving.deserialize_keras_object(identifier)
-        if isinstance(miner, Miner):
-            return miner
-    raise ValueError(f"miner must be None, one of {sorted(REGISTRY)} or a "
-                     f"ccp.losses.miners.Miner, got {identifier!r}")
+    return registered.resolve(identifier, REGISTRY, Miner, "miner", none_allowed=True)
 
 
 def serialize(miner):

@@ -19,10 +19,11 @@ import tensorflow as tf
 
 from ccp.losses.base import MetricLoss, PairLoss
 from ccp.losses.ccp import CCPLoss
+from ccp.losses.composition import ForwardsProxies
 
 
 @keras.saving.register_keras_serializable(package="ccp")
-class CrossBatchMemory(MetricLoss):
+class CrossBatchMemory(ForwardsProxies, MetricLoss):
     """XBM around ``loss`` (a PairLoss, or a CCPLoss whose base loss meets the memory).
 
     Args:
@@ -81,29 +82,15 @@ class CrossBatchMemory(MetricLoss):
         batch = tf.cast(batch_size, tf.int64)
         return self.start_at + (self.memory_size + batch - 1) // batch
 
-    # The CCP interface, forwarded to a wrapped CCPLoss (the projection rebuilds its proxies).
-    @property
-    def proxies(self):
-        return self._proxy_owner().proxies
-
-    @property
-    def proxy_labels(self):
-        return self._proxy_owner().proxy_labels
-
-    def proxies_by_class(self):
-        return self._proxy_owner().proxies_by_class()
-
-    def assign_proxies(self, new):
-        self._proxy_owner().assign_proxies(new)
+    # The CCP interface (ForwardsProxies), forwarded to a wrapped CCPLoss only: the projection
+    # rebuilds its proxies.
+    def _wrapped_losses(self):
+        return [self.loss]
 
     def _proxy_owner(self):
         if not isinstance(self.loss, CCPLoss):
             raise AttributeError("this CrossBatchMemory wraps a loss without proxies")
         return self.loss
-
-    @property
-    def proxy_variables(self):
-        return self.loss.proxy_variables
 
     def enqueue(self, labels, embeddings):
         """Writes a batch of normalized embeddings into the FIFO (wrapping around).

@@ -126,22 +126,7 @@ def retrieval_metrics(
     """
     if (ref_embeddings is None) != (ref_labels is None):
         raise ValueError("ref_embeddings and ref_labels must be given together (or both None)")
-    recall_at = tuple(recall_at)
-    if not recall_at or not all(
-        isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1
-        for k in recall_at
-    ):
-        raise ValueError(
-            f"recall_at must be a non-empty sequence of positive ints; got {recall_at}"
-        )
-    recall_at = tuple(dict.fromkeys(int(kk) for kk in recall_at))  # dedupe, keep order
-    if query_chunk_size is not None and not (
-        isinstance(query_chunk_size, (int, np.integer)) and query_chunk_size >= 1
-    ):
-        raise ValueError(
-            f"query_chunk_size must be a positive int or None; got {query_chunk_size}"
-        )
-
+    recall_at = _checked_options(recall_at, query_chunk_size)
     queries = RowSource(embeddings, "embeddings", normalize)
     query_labels = _as_labels(labels, queries.num_rows, "labels")
     same_set = ref_embeddings is None
@@ -156,15 +141,8 @@ def retrieval_metrics(
                 f"dimension {references.dim}"
             )
 
-    # Compact class codes shared by both sets; R_i from the reference class histogram.
-    classes, codes = np.unique(
-        np.concatenate([query_labels, reference_labels]), return_inverse=True
-    )
-    query_codes = codes[: len(query_labels)]
-    reference_codes = codes[len(query_labels):] if not same_set else query_codes
-    num_relevant = np.bincount(reference_codes, minlength=len(classes))[query_codes]
-    if same_set:
-        num_relevant = num_relevant - 1
+    query_codes, reference_codes, num_relevant = _class_codes(
+        query_labels, reference_labels, same_set)
     num_available = references.num_rows - (1 if same_set else 0)
 
     num_counted = int(np.count_nonzero(num_relevant >= 1))
@@ -188,36 +166,82 @@ def retrieval_metrics(
         searched = _cpu_search.search(queries, references, k, block_rows, tile_columns,
                                       same_set)
 
-    sums = {"precision_at_1": 0.0, "r_precision": 0.0, "map_at_r": 0.0}
-    recall_sums = {kk: 0.0 for kk in recall_at}
-    ranks = np.arange(1, k + 1, dtype=np.float64)
     try:
-        for block, neighbours in searched:
-            rows = np.arange(block.start, block.stop)
-            counted = num_relevant[rows] >= 1
-            rows, neighbours = rows[counted], neighbours[counted]
-            relevant = reference_codes[neighbours] == query_codes[rows][:, None]  # [c, k]
-            r = num_relevant[rows]  # [c], 1 <= r <= k
-            within_r = relevant & (ranks[None, :] <= r[:, None])
-            hits_within_r = np.cumsum(within_r, axis=1)
-            sums["precision_at_1"] += float(np.sum(relevant[:, 0]))
-            sums["r_precision"] += float(np.sum(hits_within_r[:, -1] / r))
-            sums["map_at_r"] += float(
-                np.sum(np.sum(within_r * (hits_within_r / ranks[None, :]), axis=1) / r)
-            )
-            for kk in recall_at:
-                recall_sums[kk] += float(np.sum(np.any(relevant[:, :kk], axis=1)))
+        sums = _metric_sums(searched, k, recall_at, query_codes, reference_codes, num_relevant)
     finally:
         queries.close()
         references.close()
 
-    n = float(num_counted)
-    result = {name: value / n for name, value in sums.items()}
-    for kk in recall_at:
-        result[f"recall_at_{kk}"] = recall_sums[kk] / n
+    result = {name: value / float(num_counted) for name, value in sums.items()}
     result["num_queries"] = num_counted
     result["num_skipped_queries"] = int(num_skipped)
     return result
+
+
+def _checked_options(recall_at, query_chunk_size):
+    """``recall_at`` validated and deduplicated (order kept); checks ``query_chunk_size``."""
+    recall_at = tuple(recall_at)
+    if not recall_at or not all(
+        isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1
+        for k in recall_at
+    ):
+        raise ValueError(
+            f"recall_at must be a non-empty sequence of positive ints; got {recall_at}"
+        )
+    if query_chunk_size is not None and not (
+        isinstance(query_chunk_size, (int, np.integer)) and query_chunk_size >= 1
+    ):
+        raise ValueError(
+            f"query_chunk_size must be a positive int or None; got {query_chunk_size}"
+        )
+    return tuple(dict.fromkeys(int(kk) for kk in recall_at))
+
+
+def _class_codes(query_labels, reference_labels, same_set):
+    """Compact class codes shared by both sets and R_i from the reference class histogram.
+
+    Returns:
+      query_codes ``[N]``, reference_codes ``[M]``, num_relevant ``[N]`` (R_i; the query
+      itself not counted when ``same_set``).
+    """
+    classes, codes = np.unique(
+        np.concatenate([query_labels, reference_labels]), return_inverse=True
+    )
+    query_codes = codes[: len(query_labels)]
+    reference_codes = codes[len(query_labels):] if not same_set else query_codes
+    num_relevant = np.bincount(reference_codes, minlength=len(classes))[query_codes]
+    if same_set:
+        num_relevant = num_relevant - 1
+    return query_codes, reference_codes, num_relevant
+
+
+def _metric_sums(searched, k, recall_at, query_codes, reference_codes, num_relevant):
+    """Sums over the counted queries (R_i >= 1) of P@1, R-precision, MAP@R and Recall@K.
+
+    Args:
+      searched: iterable of (row slice, neighbour indices ``[rows, k]``) in rank order.
+    Returns:
+      dict metric name -> float sum (divide by the number of counted queries).
+    """
+    sums = {"precision_at_1": 0.0, "r_precision": 0.0, "map_at_r": 0.0}
+    sums.update({f"recall_at_{kk}": 0.0 for kk in recall_at})
+    ranks = np.arange(1, k + 1, dtype=np.float64)
+    for block, neighbours in searched:
+        rows = np.arange(block.start, block.stop)
+        counted = num_relevant[rows] >= 1
+        rows, neighbours = rows[counted], neighbours[counted]
+        relevant = reference_codes[neighbours] == query_codes[rows][:, None]  # [c, k]
+        r = num_relevant[rows]  # [c], 1 <= r <= k
+        within_r = relevant & (ranks[None, :] <= r[:, None])
+        hits_within_r = np.cumsum(within_r, axis=1)
+        sums["precision_at_1"] += float(np.sum(relevant[:, 0]))
+        sums["r_precision"] += float(np.sum(hits_within_r[:, -1] / r))
+        sums["map_at_r"] += float(
+            np.sum(np.sum(within_r * (hits_within_r / ranks[None, :]), axis=1) / r)
+        )
+        for kk in recall_at:
+            sums[f"recall_at_{kk}"] += float(np.sum(np.any(relevant[:, :kk], axis=1)))
+    return sums
 
 
 def nmi(embeddings, labels, num_clusters=None, seed=0, normalize=True, n_init=1):

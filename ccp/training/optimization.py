@@ -129,15 +129,9 @@ def build_optimization(model, loss, *, projection=None, learning_rate=defaults.L
     Returns:
       :class:`Optimization`.
     """
-    if learning_rate <= 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
-    if lr_schedule not in schedules_lib.LR_SCHEDULES:
-        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; valid: "
-                         f"{', '.join(schedules_lib.LR_SCHEDULES)}")
+    _check_arguments(learning_rate, lr_schedule, warmup_lr_multiplier)
     options = _optimizer_options(optimizer, momentum, nesterov, rmsprop_rho)
     warmup_count = _warmup_epoch_count(warmup_epochs)
-    if warmup_lr_multiplier <= 0:
-        raise ValueError(f"warmup_lr_multiplier must be > 0, got {warmup_lr_multiplier}")
     if warmup_count > 0 and not warmup_variables and not warmup_all_layers:
         raise ValueError("warmup_epochs > 0 needs warmup_variables: the model variables the "
                          "warm-up trains (e.g. the embedding head's trainable_variables)")
@@ -165,17 +159,34 @@ def build_optimization(model, loss, *, projection=None, learning_rate=defaults.L
         warmup = Phase(variables, optimizers_lib.build_optimizer(
             variables, float(learning_rate) * float(warmup_lr_multiplier),
             name=f"warmup_{optimizer}", **adam), model_training=bool(warmup_all_layers))
-    plateau = None
-    if lr_schedule == "plateau":
-        plateau = schedules_lib.ReduceLROnPlateau(
-            factor=lr_decay_rate, patience=lr_plateau_patience, min_delta=lr_plateau_min_delta,
-            cooldown=lr_plateau_cooldown, min_lr=min_learning_rate)
+    plateau = _plateau_schedule(lr_schedule, lr_decay_rate, lr_plateau_patience,
+                                lr_plateau_min_delta, lr_plateau_cooldown, min_learning_rate)
     chain = [] if projection is None else [projection.gradient_transform()]
     chain += transforms_lib.default_gradient_transforms(
         model, loss, weight_decay=weight_decay, clip_norm=clip_norm, clip_value=clip_value)
     return Optimization(train=train, gradient_transforms=chain, plateau=plateau, warmup=warmup,
                         warmup_epochs=warmup_count,
                         warmup_fraction=float(warmup_epochs) if 0 < warmup_epochs < 1 else None)
+
+
+def _check_arguments(learning_rate, lr_schedule, warmup_lr_multiplier):
+    """build_optimization's checks of single arguments (one-line errors)."""
+    if learning_rate <= 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if lr_schedule not in schedules_lib.LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; valid: "
+                         f"{', '.join(schedules_lib.LR_SCHEDULES)}")
+    if warmup_lr_multiplier <= 0:
+        raise ValueError(f"warmup_lr_multiplier must be > 0, got {warmup_lr_multiplier}")
+
+
+def _plateau_schedule(lr_schedule, factor, patience, min_delta, cooldown, min_lr):
+    """The ReduceLROnPlateau of a "plateau" schedule, else None."""
+    if lr_schedule != "plateau":
+        return None
+    return schedules_lib.ReduceLROnPlateau(factor=factor, patience=patience,
+                                           min_delta=min_delta, cooldown=cooldown,
+                                           min_lr=min_lr)
 
 
 def _optimizer_options(optimizer, momentum, nesterov, rmsprop_rho):

@@ -133,13 +133,8 @@ def retrieval_metrics(
     if same_set:
         references, reference_labels = queries, query_labels
     else:
-        references = RowSource(ref_embeddings, "ref_embeddings", normalize)
-        reference_labels = _as_labels(ref_labels, references.num_rows, "ref_labels")
-        if references.dim != queries.dim:
-            raise ValueError(
-                f"embeddings have dimension {queries.dim} but ref_embeddings have "
-                f"dimension {references.dim}"
-            )
+        references, reference_labels = _reference_set(ref_embeddings, ref_labels, normalize,
+                                                       queries.dim)
 
     query_codes, reference_codes, num_relevant = _class_codes(
         query_labels, reference_labels, same_set)
@@ -154,18 +149,7 @@ def retrieval_metrics(
         )
     k = int(min(max(int(num_relevant.max()), max(recall_at)), num_available))
 
-    if use_tensorflow is None:
-        use_tensorflow = bool(tf.config.list_logical_devices("GPU"))
-    if use_tensorflow:
-        searched = _tf_search.search(
-            queries, references, k, _gpu_block_rows(references.num_rows, query_chunk_size),
-            same_set)
-    else:
-        block_rows, tile_columns = _cpu_tiling(
-            references.num_rows, not references.resident, query_chunk_size)
-        searched = _cpu_search.search(queries, references, k, block_rows, tile_columns,
-                                      same_set)
-
+    searched = _search(queries, references, k, same_set, query_chunk_size, use_tensorflow)
     try:
         sums = _metric_sums(searched, k, recall_at, query_codes, reference_codes, num_relevant)
     finally:
@@ -176,6 +160,32 @@ def retrieval_metrics(
     result["num_queries"] = num_counted
     result["num_skipped_queries"] = int(num_skipped)
     return result
+
+
+def _reference_set(ref_embeddings, ref_labels, normalize, dim):
+    """The reference rows and labels of a query != reference evaluation; checks the dimension."""
+    references = RowSource(ref_embeddings, "ref_embeddings", normalize)
+    reference_labels = _as_labels(ref_labels, references.num_rows, "ref_labels")
+    if references.dim != dim:
+        raise ValueError(
+            f"embeddings have dimension {dim} but ref_embeddings have "
+            f"dimension {references.dim}"
+        )
+    return references, reference_labels
+
+
+def _search(queries, references, k, same_set, query_chunk_size, use_tensorflow):
+    """The exact k nearest references of every query, as (row slice, indices [rows, k]) blocks:
+    TensorFlow (TF32 off) when ``use_tensorflow`` (None: when a GPU is visible), else numpy."""
+    if use_tensorflow is None:
+        use_tensorflow = bool(tf.config.list_logical_devices("GPU"))
+    if use_tensorflow:
+        return _tf_search.search(
+            queries, references, k, _gpu_block_rows(references.num_rows, query_chunk_size),
+            same_set)
+    block_rows, tile_columns = _cpu_tiling(
+        references.num_rows, not references.resident, query_chunk_size)
+    return _cpu_search.search(queries, references, k, block_rows, tile_columns, same_set)
 
 
 def _checked_options(recall_at, query_chunk_size):

@@ -107,8 +107,7 @@ def build_optimization(model, loss, *, projection=None, learning_rate=defaults.L
       lr_schedule: "constant", "exponential" (per step) or "plateau" (on validation MAP@R).
       lr_decay_rate: exponential rate or plateau factor (None: the default of the schedule).
       lr_decay_steps, lr_staircase: exponential schedule.
-      lr_plateau_patience, lr_plateau_min_delta, lr_plateau_cooldown, min_learning_rate:
-        plateau schedule.
+      lr_plateau_patience, lr_plateau_min_delta, lr_plateau_cooldown, min_learning_rate: plateau.
       proxy_lr_multiplier: step-size multiplier of ``loss.proxy_variables`` (AdamLRM).
       weight_decay, clip_norm, clip_value: the transform chain (0 disables one).
       warmup_epochs: first epochs training only ``warmup_variables`` and the loss's trainable
@@ -119,8 +118,7 @@ def build_optimization(model, loss, *, projection=None, learning_rate=defaults.L
       optimizer: a key of ``ccp.training.optimizer_registry.OPTIMIZERS`` ("adam", "sgd",
         "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "ftrl"); the adam_* arguments
         apply to "adam" only.
-      momentum: SGD / RMSprop momentum (None: their defaults, 0); nesterov: SGD only;
-        rmsprop_rho: RMSprop only (0.9).
+      momentum: SGD / RMSprop momentum (None: 0); nesterov: SGD; rmsprop_rho: RMSprop (0.9).
       warmup_lr_multiplier: the warm-up learning rate is ``learning_rate`` x this (1.0).
       warmup_all_layers: the warm-up trains every variable with the model in training mode
         (the reference's freeze_during_warmup=False) instead of ``warmup_variables``.
@@ -139,12 +137,8 @@ def build_optimization(model, loss, *, projection=None, learning_rate=defaults.L
         lr_decay_rate = (defaults.LR_EXPONENTIAL_RATE if lr_schedule == "exponential"
                          else defaults.LR_PLATEAU_FACTOR)
     loss_variables = list(loss.trainable_variables)
-    proxy_variables = list(loss.proxy_variables)
-    if proxy_lr_multiplier != 1.0 and not proxy_variables:
-        logging.warning("proxy_lr_multiplier=%s ignored: the loss has no proxy_variables",
-                        proxy_lr_multiplier)
     adam = dict(beta_1=adam_beta_1, beta_2=adam_beta_2, epsilon=adam_epsilon,
-                lr_multipliers=[(proxy_variables, proxy_lr_multiplier)] if proxy_variables else [],
+                lr_multipliers=_proxy_lr_multipliers(loss, proxy_lr_multiplier),
                 optimizer=optimizer, options=options)
     schedule = schedules_lib.build_learning_rate(
         lr_schedule, learning_rate, decay_rate=lr_decay_rate, decay_steps=lr_decay_steps,
@@ -152,13 +146,9 @@ def build_optimization(model, loss, *, projection=None, learning_rate=defaults.L
     train_variables = list(model.trainable_variables) + loss_variables
     train = Phase(train_variables, optimizers_lib.build_optimizer(
         train_variables, schedule, name=optimizer, **adam))
-    warmup = None
-    if warmup_count > 0:
-        variables = (train_variables if warmup_all_layers
-                     else list(warmup_variables) + loss_variables)
-        warmup = Phase(variables, optimizers_lib.build_optimizer(
-            variables, float(learning_rate) * float(warmup_lr_multiplier),
-            name=f"warmup_{optimizer}", **adam), model_training=bool(warmup_all_layers))
+    warmup = None if warmup_count <= 0 else _warmup_phase(
+        train_variables if warmup_all_layers else list(warmup_variables) + loss_variables,
+        float(learning_rate) * float(warmup_lr_multiplier), bool(warmup_all_layers), adam)
     plateau = _plateau_schedule(lr_schedule, lr_decay_rate, lr_plateau_patience,
                                 lr_plateau_min_delta, lr_plateau_cooldown, min_learning_rate)
     chain = [] if projection is None else [projection.gradient_transform()]
@@ -167,6 +157,22 @@ def build_optimization(model, loss, *, projection=None, learning_rate=defaults.L
     return Optimization(train=train, gradient_transforms=chain, plateau=plateau, warmup=warmup,
                         warmup_epochs=warmup_count,
                         warmup_fraction=float(warmup_epochs) if 0 < warmup_epochs < 1 else None)
+
+
+def _proxy_lr_multipliers(loss, multiplier):
+    """``[(loss.proxy_variables, multiplier)]``, or ``[]`` when the loss has no proxies."""
+    proxy_variables = list(loss.proxy_variables)
+    if multiplier != 1.0 and not proxy_variables:
+        logging.warning("proxy_lr_multiplier=%s ignored: the loss has no proxy_variables",
+                        multiplier)
+    return [(proxy_variables, multiplier)] if proxy_variables else []
+
+
+def _warmup_phase(variables, learning_rate, all_layers, optimizer_arguments):
+    """The warm-up Phase: its own optimizer (named "warmup_<name>") over ``variables``."""
+    return Phase(variables, optimizers_lib.build_optimizer(
+        variables, learning_rate, name=f"warmup_{optimizer_arguments['optimizer']}",
+        **optimizer_arguments), model_training=all_layers)
 
 
 def _check_arguments(learning_rate, lr_schedule, warmup_lr_multiplier):

@@ -14,7 +14,7 @@ from ccp import defaults, ops
 from ccp.losses import registered
 
 
-class Distance:
+class Distance(registered.Component):
     """Base class: subclasses implement ``__call__`` and may override ``regularizer``."""
 
     name = None
@@ -25,19 +25,6 @@ class Distance:
     def regularizer(self, embeddings):
         """Scalar added to the loss for the query embeddings ``[B, D]``."""
         return tf.constant(0.0, tf.convert_to_tensor(embeddings).dtype)
-
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
 
 
 @keras.saving.register_keras_serializable(package="ccp")

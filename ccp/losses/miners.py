@@ -123,7 +123,7 @@ def multi_similarity(sims, pos_mask, neg_mask, epsilon=0.1):
     return pos, neg
 
 
-class Miner:
+class Miner(registered.Component):
     """A miner a pair loss applies to its masks: ``miner(x, ref, pos, neg, seed) -> (pos, neg)``.
 
     ``x``: normalized queries ``[N, D]``; ``ref``: references ``[M, D]`` or None (the queries
@@ -137,19 +137,6 @@ class Miner:
 
     def __call__(self, embeddings, ref_embeddings, pos_mask, neg_mask, seed=None):
         raise NotImplementedError
-
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
 
     def __repr__(self):
         return f"{type(self).__name__}({self.get_config()})"

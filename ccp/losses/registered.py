@@ -1,5 +1,24 @@
-"""Resolving a loss component (a distance, a miner) from a name, a config dict or an instance."""
+"""Loss components (distances, miners): their common base and their resolution from a name,
+a config dict or an instance."""
 import keras
+
+
+class Component:
+    """Base of a loss component configured by plain keyword arguments: Keras config round trip
+    (``get_config`` / ``from_config``) and equality / hashing by type and config."""
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
 
 
 def resolve(identifier, registry, base_class, what, none_allowed=False):

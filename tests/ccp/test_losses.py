@@ -10,14 +10,10 @@ import pytest
 import tensorflow as tf
 
 from ccp import losses
+from tests.ccp.loss_testing import lip, batch, numeric_grad, tf_value_and_grads
 
 
 # ----------------------------------------------------------------------------- references
-def lip(x):
-    x = np.asarray(x, np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1.0)
-
-
 def pairs(labels, ref_labels):
     """(i, j, positive?) for every valid pair; ref None = same set without self-pairs."""
     same = ref_labels is None
@@ -138,33 +134,6 @@ def ref_soft_triple(x, y, centers, num_classes, k, lamda, gamma, tau, margin):
 
 
 # ----------------------------------------------------------------------------- helpers
-def batch(num_classes, per_class, dim, seed, scale=1.5):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(num_classes * per_class, dim)) * scale / np.sqrt(dim)
-    x[::3] *= 0.3  # some rows inside the unit ball: the Lipschitz normalization matters
-    return x.astype(np.float32), np.repeat(np.arange(num_classes), per_class)
-
-
-def tf_value_and_grads(layer, labels, x, extra=()):
-    xt = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(xt)
-        value = layer(labels, xt)
-    grads = tape.gradient(value, [xt, *extra])
-    return float(value), [None if g is None else np.asarray(g) for g in grads]
-
-
-def numeric_grad(fn, x, h=1e-5):
-    x = np.asarray(x, np.float64)
-    grad = np.zeros_like(x)
-    for index in np.ndindex(*x.shape):
-        up, down = x.copy(), x.copy()
-        up[index] += h
-        down[index] -= h
-        grad[index] = (fn(up) - fn(down)) / (2 * h)
-    return grad
-
-
 PAIR_CASES = {
     "c2": (lambda: losses.ContrastiveLoss(0.1, 0.7),
            lambda x, y, r=None, ry=None: ref_c2(x, y, r, ry, 0.1, 0.7)),

@@ -16,21 +16,10 @@ import tensorflow as tf
 from ccp import defaults, losses, ops
 from ccp.diagnostics import spectral_decay
 from ccp.losses import distances, rho
+from tests.ccp.loss_testing import lip, batch, numeric_grad, tf_value_and_grads
 
 
 # ----------------------------------------------------------------------------- helpers
-def lip(x):
-    x = np.asarray(x, np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1.0)
-
-
-def batch(num_classes, per_class, dim, seed, scale=1.5):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(num_classes * per_class, dim)) * scale / np.sqrt(dim)
-    x[::3] *= 0.3  # some rows inside the unit ball: the Lipschitz normalization matters
-    return x.astype(np.float32), np.repeat(np.arange(num_classes), per_class)
-
-
 def partners(i, y, ry, keep=None):
     """(j, same label?) for every reference j anchor i forms a pair with (and ``keep`` keeps)."""
     same_set = ry is None
@@ -61,26 +50,6 @@ def logsumexp(values):
     values = np.asarray(values, np.float64)
     top = values.max()
     return top + np.log(np.sum(np.exp(values - top)))
-
-
-def numeric_grad(fn, x, h=1e-5):
-    x = np.asarray(x, np.float64)
-    grad = np.zeros_like(x)
-    for index in np.ndindex(*x.shape):
-        up, down = x.copy(), x.copy()
-        up[index] += h
-        down[index] -= h
-        grad[index] = (fn(up) - fn(down)) / (2 * h)
-    return grad
-
-
-def tf_value_and_grads(layer, labels, x, extra=()):
-    xt = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(xt)
-        value = layer(labels, xt)
-    grads = tape.gradient(value, [xt, *extra])
-    return float(value), [None if g is None else np.asarray(g) for g in grads]
 
 
 # ----------------------------------------------------------------------------- references

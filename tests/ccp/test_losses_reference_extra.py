@@ -12,32 +12,10 @@ import tensorflow as tf
 
 from ccp import defaults, losses
 from ccp.losses import miners
+from tests.ccp.loss_testing import lip, batch, numeric_grad
 
 
 # ----------------------------------------------------------------------------- helpers
-def lip(x):
-    x = np.asarray(x, np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1.0)
-
-
-def batch(num_classes, per_class, dim, seed, scale=1.5):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(num_classes * per_class, dim)) * scale / np.sqrt(dim)
-    x[::3] *= 0.3  # some rows inside the unit ball: the Lipschitz normalization matters
-    return x.astype(np.float32), np.repeat(np.arange(num_classes), per_class)
-
-
-def numeric_grad(fn, x, h=1e-5):
-    x = np.asarray(x, np.float64)
-    grad = np.zeros_like(x)
-    for index in np.ndindex(*x.shape):
-        up, down = x.copy(), x.copy()
-        up[index] += h
-        down[index] -= h
-        grad[index] = (fn(up) - fn(down)) / (2 * h)
-    return grad
-
-
 def value_and_grads(fn, x, variables=()):
     xt = tf.constant(x)
     with tf.GradientTape() as tape:

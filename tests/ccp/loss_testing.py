@@ -1,0 +1,40 @@
+"""Shared helpers of the loss tests: the float64 Lipschitz normalization, seeded batches,
+central finite differences and the TensorFlow value + gradients of a loss layer."""
+import numpy as np
+import tensorflow as tf
+
+
+def lip(x):
+    """Float64 Lipschitz normalization x / max(||x||, 1) of the rows of ``x`` [N, D] (SPEC §2)."""
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1.0)
+
+
+def batch(num_classes, per_class, dim, seed, scale=1.5):
+    """A seeded batch: float32 embeddings [num_classes * per_class, dim] and int labels."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num_classes * per_class, dim)) * scale / np.sqrt(dim)
+    x[::3] *= 0.3  # some rows inside the unit ball: the Lipschitz normalization matters
+    return x.astype(np.float32), np.repeat(np.arange(num_classes), per_class)
+
+
+def numeric_grad(fn, x, h=1e-5):
+    """Central finite differences of the scalar ``fn`` at ``x`` (float64, same shape as x)."""
+    x = np.asarray(x, np.float64)
+    grad = np.zeros_like(x)
+    for index in np.ndindex(*x.shape):
+        up, down = x.copy(), x.copy()
+        up[index] += h
+        down[index] -= h
+        grad[index] = (fn(up) - fn(down)) / (2 * h)
+    return grad
+
+
+def tf_value_and_grads(layer, labels, x, extra=()):
+    """``layer(labels, x)`` and its gradients w.r.t. x and the variables ``extra`` (numpy)."""
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        value = layer(labels, xt)
+    grads = tape.gradient(value, [xt, *extra])
+    return float(value), [None if g is None else np.asarray(g) for g in grads]

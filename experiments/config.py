@@ -171,6 +171,10 @@ class CCPConfig:
                                  flag="ccp_monitor_metric")
     fixed_interval: int = _field(0, "Project every N epochs without early stopping (0 = at "
                                     "instance ends).", flag="ccp_fixed_interval")
+    projection_every_steps: int = _field(
+        D.CCP_PROJECTION_EVERY_STEPS, "Project after every N training steps (warm-up steps do "
+        "not count), mid-epoch if need be, without early stopping; the CCP patience and monitor "
+        "are then unused (0 = at instance ends).", flag="ccp_projection_every_steps")
     perturb_noise: float = _field(0.0, "Noise sigma added to w_prev at a projection (x its RMS).",
                                   flag="ccp_perturb_noise")
     normalized_kcenter: bool = _field(False, "Greedy k-center on L2-normalized embeddings.",
@@ -405,9 +409,13 @@ def _toolbox_problems(flat):
         problems.append("--nesterov needs --optimizer=sgd")
     if flat["momentum"] and flat["optimizer"] not in ("sgd", "rmsprop"):
         problems.append("--momentum needs --optimizer=sgd or rmsprop")
-    for name in ("momentum", "eval_pca_dim", "ccp_fixed_interval", "ccp_perturb_noise"):
+    for name in ("momentum", "eval_pca_dim", "ccp_fixed_interval", "ccp_perturb_noise",
+                 "ccp_projection_every_steps"):
         if flat[name] < 0:
             problems.append(f"--{name} must be >= 0, got {flat[name]}")
+    if flat["ccp_fixed_interval"] and flat["ccp_projection_every_steps"]:
+        problems.append("--ccp_fixed_interval (epochs) and --ccp_projection_every_steps (steps) "
+                        "both fix when CCP projects: set only one")
     if flat["warmup_lr_multiplier"] <= 0:
         problems.append(f"--warmup_lr_multiplier must be > 0, got {flat['warmup_lr_multiplier']}")
     if any(k < 1 for k in flat["eval_at_k"]):

@@ -19,7 +19,10 @@ def build_projection(config, model, loss):
         return None
     cfg = config.ccp
     metric = "MAP@R" if config.protocol.monitor == "map_at_r" else config.protocol.monitor
-    if cfg.monitor_lag:
+    if cfg.projection_every_steps:
+        logging.info("CCP schedule: a projection after every %d training steps, no instance "
+                     "early stopping (--ccp_projection_every_steps)", cfg.projection_every_steps)
+    elif cfg.monitor_lag:
         logging.info("CCP schedule: one epoch late, it reacts to the previous epoch's %s "
                      "(--ccp_monitor_lag=1, the reference's timing)", metric)
     else:
@@ -33,6 +36,7 @@ def build_projection(config, model, loss):
         monitor=cfg.monitor_metric, fixed_interval=cfg.fixed_interval or None,
         perturb_noise=cfg.perturb_noise, noise_seed=config.protocol.seed,
         normalized_kcenter=cfg.normalized_kcenter,
+        projection_every_steps=cfg.projection_every_steps,
     )
 
 

@@ -51,6 +51,13 @@ class AlternatingProjection(tf.Module):
       fixed_interval: None, or N: project every N epochs without early stopping (the
         reference's fixed ``ccp_iterations``); the anchor moves to the weights at that epoch.
         N epochs are N x steps_per_epoch steps.
+      projection_every_steps: 0 (off), or N: project after every N optimizer steps of the
+        training phase (warm-up steps do not count), mid-epoch if need be, without early
+        stopping (the reference's ``step_at_batch``); the Trainer asks
+        :meth:`projection_offsets` where an epoch's steps cross a projection and calls
+        :meth:`project` there. The epoch-end schedule then only counts epochs (patience,
+        monitor and min_delta are unused); the anchor moves to the weights at that step.
+        Exclusive with ``fixed_interval``.
       perturb_noise: sigma: at each projection ``w_prev += rms(w_prev) * N(0, sigma^2)`` per
         variable (the reference adds it to its best-weights copy after the anchor took them;
         0 = none); noise_seed seeds it (stateless, per instance and variable).
@@ -65,6 +72,7 @@ class AlternatingProjection(tf.Module):
                  random_init=False, monitor_lag=defaults.CCP_MONITOR_LAG,
                  monitor=defaults.CCP_MONITOR, stop_at_min=None, fixed_interval=None,
                  perturb_noise=0.0, noise_seed=0, normalized_kcenter=False,
+                 projection_every_steps=defaults.CCP_PROJECTION_EVERY_STEPS,
                  name="alternating_projection"):
         super().__init__(name=name)
         if pool_size is not None and int(pool_size) < 1:
@@ -76,7 +84,8 @@ class AlternatingProjection(tf.Module):
             stop_at_min = self.monitor == "loss"
         self.schedule = ProjectionSchedule(patience, min_epochs_per_instance, min_delta,
                                            monitor_lag, mode="min" if stop_at_min else "max",
-                                           fixed_interval=fixed_interval)
+                                           fixed_interval=fixed_interval,
+                                           every_steps=projection_every_steps)
         self.perturb_noise = float(perturb_noise)
         self.noise_seed = int(noise_seed)
         self.normalized_kcenter = bool(normalized_kcenter)
@@ -107,6 +116,17 @@ class AlternatingProjection(tf.Module):
     @property
     def has_proxies(self):
         return self.proxy_owner is not None
+
+    @property
+    def projection_every_steps(self):
+        """N of ``projection_every_steps`` (0: projections at instance ends)."""
+        return self.schedule.every_steps
+
+    def projection_offsets(self, train_steps_done, steps):
+        """1-based offsets within the next ``steps`` steps after which :meth:`project` runs
+        (``projection_every_steps`` mode; empty otherwise), given the training-phase steps
+        already run (:meth:`ProjectionSchedule.projection_offsets`)."""
+        return self.schedule.projection_offsets(train_steps_done, steps)
 
     def gradient_transform(self):
         """The proximal term as a gradient transform (put it first in the chain)."""
@@ -175,8 +195,8 @@ class AlternatingProjection(tf.Module):
           the projection event (dict of JSON-able values).
         """
         summary = self.schedule.end_instance()
-        if self.schedule.fixed_interval is not None:
-            self._remember_best()  # no early stopping: anchor at this epoch's weights
+        if self.schedule.fixed_interval is not None or self.schedule.every_steps:
+            self._remember_best()  # no early stopping: anchor at the current weights
         elif not summary.had_best:
             # Only possible when every value of the instance was NaN: anchor at the current point.
             logging.warning("CCP: instance %d ended without a best snapshot; using the current "
@@ -190,15 +210,19 @@ class AlternatingProjection(tf.Module):
                  # None when nothing was compared (fixed_interval, or only NaN values)
                  "best_value": summary.best_value if math.isfinite(summary.best_value) else None,
                  "epochs_in_instance": summary.epochs}
+        if self.schedule.every_steps:
+            event["steps_in_instance"] = self.schedule.every_steps
         if self.has_proxies:
             pool = self._pool(pool_fn, summary.next_instance)
             event.update(proxies_lib.rebuild_proxy_bank(self.proxy_owner, pool,
                                                         self.best_proxies,
                                                         self.normalized_kcenter))
+        length = (f"{self.schedule.every_steps} steps" if self.schedule.every_steps
+                  else f"{summary.epochs} epochs")
         logging.info(
-            "CCP: problem instance %d ended after %d epochs (best MAP@R %.4f); lambda=%.3g; "
+            "CCP: problem instance %d ended after %s (best MAP@R %.4f); lambda=%.3g; "
             "covering radius %.4f -> %.4f; mean proxy distance %.4f -> %.4f",
-            summary.ended_instance, summary.epochs, summary.best_value, event["lambda"],
+            summary.ended_instance, length, summary.best_value, event["lambda"],
             event.get("radius_before", float("nan")), event.get("radius_after", float("nan")),
             event.get("proxy_distance_before", float("nan")),
             event.get("proxy_distance_after", float("nan")))

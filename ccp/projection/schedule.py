@@ -45,16 +45,22 @@ class ProjectionSchedule:
       fixed_interval: None, or N: a fixed number of updates per instance without early
         stopping (the reference's ``ccp_iterations`` with ``early_stopping=False``): every N-th
         update is ``PROJECT``, values are not compared and no update is ``NEW_BEST``.
+      every_steps: 0 (off), or N: instances end after every N training steps instead (the
+        reference's ``step_at_batch`` without early stopping): :meth:`update` only counts
+        epochs (always ``CONTINUE``) and :meth:`projection_offsets` places the projections.
+        Exclusive with ``fixed_interval``.
     """
 
     def __init__(self, patience=defaults.CCP_PATIENCE,
                  min_epochs_per_instance=defaults.CCP_MIN_EPOCHS_PER_INSTANCE,
                  min_delta=defaults.CCP_MIN_DELTA, monitor_lag=defaults.CCP_MONITOR_LAG,
-                 mode="max", fixed_interval=None):
+                 mode="max", fixed_interval=None,
+                 every_steps=defaults.CCP_PROJECTION_EVERY_STEPS):
         if fixed_interval is not None and (isinstance(fixed_interval, bool)
                                            or int(fixed_interval) < 1):
             raise ValueError(f"fixed_interval must be None or >= 1, got {fixed_interval!r}")
         self.fixed_interval = None if fixed_interval is None else int(fixed_interval)
+        self.every_steps = _checked_every_steps(every_steps, self.fixed_interval)
         if monitor_lag not in (0, 1):
             raise ValueError(f"monitor_lag must be 0 or 1, got {monitor_lag!r}")
         if int(patience) < 1 or int(min_epochs_per_instance) < 1:
@@ -81,6 +87,8 @@ class ProjectionSchedule:
         if self.monitor_lag:
             value, self.lagged_value = self.lagged_value, value
         self.epochs_in_instance += 1
+        if self.every_steps:
+            return CONTINUE
         if self.fixed_interval is not None:
             return PROJECT if self.epochs_in_instance >= self.fixed_interval else CONTINUE
         if math.isnan(value) or self.epochs_in_instance < self.min_epochs_per_instance:
@@ -88,6 +96,21 @@ class ProjectionSchedule:
         if self.tracker.update(value, step=self.epochs_in_instance):
             return NEW_BEST
         return PROJECT if self.tracker.exhausted else CONTINUE
+
+    def projection_offsets(self, train_steps_done, steps):
+        """Where the next ``steps`` steps cross an every-``every_steps`` boundary.
+
+        Args:
+          train_steps_done: training-phase steps run before them (>= 0).
+          steps: steps about to run (>= 0).
+        Returns:
+          the 1-based offsets ``o <= steps`` with ``train_steps_done + o`` a multiple of
+          ``every_steps``, increasing (empty when ``every_steps`` is 0).
+        """
+        if not self.every_steps:
+            return []
+        first = self.every_steps - int(train_steps_done) % self.every_steps
+        return list(range(first, int(steps) + 1, self.every_steps))
 
     def end_instance(self):
         """Closes the current instance and starts the next; returns its :class:`InstanceSummary`."""
@@ -108,3 +131,20 @@ class ProjectionSchedule:
         self.epochs_in_instance = int(state["epochs_in_instance"])
         self.lagged_value = float(state["lagged_value"])
         self.tracker.set_state(state["tracker"])
+
+
+def _checked_every_steps(every_steps, fixed_interval):
+    """``every_steps`` as an int >= 0; a clear ValueError for a bad value or a conflict."""
+    try:
+        valid = (not isinstance(every_steps, bool) and float(every_steps).is_integer()
+                 and every_steps >= 0)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(f"projection_every_steps must be an integer >= 0 (0 = off), got "
+                         f"{every_steps!r}")
+    if int(every_steps) and fixed_interval is not None:
+        raise ValueError(f"projection_every_steps={int(every_steps)} and fixed_interval="
+                         f"{fixed_interval} both fix when CCP projects: set only one "
+                         f"(--ccp_projection_every_steps or --ccp_fixed_interval)")
+    return int(every_steps)

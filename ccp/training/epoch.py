@@ -10,26 +10,37 @@ from ccp.training.events import ProgressBar
 __all__ = ["ProgressBar", "run_epoch", "validation_metrics"]
 
 
-def run_epoch(step, iterator, steps_per_epoch, steps_per_execution, bar):
+def run_epoch(step, iterator, steps_per_epoch, steps_per_execution, bar, breaks=(),
+              at_break=None):
     """Runs ``steps_per_epoch`` train steps, ``steps_per_execution`` per device call.
 
-    The host reads the device once per call (the step sums the loss terms on the device).
+    The host reads the device once per call (the step sums the loss terms on the device). A
+    call never runs past a break: ``at_break(offset)`` runs on the host right after step
+    ``offset`` of the epoch, before the next call (a CCP projection every N steps).
 
     Args:
       step: a :class:`ccp.training.TrainStep`.
       iterator: its distributed input iterator.
       steps_per_epoch, steps_per_execution: ints >= 1.
       bar: a :class:`ProgressBar` (closed on return).
+      breaks: increasing 1-based step offsets in ``[1, steps_per_epoch]``.
+      at_break: ``offset -> None``, called at each break (needed when there are breaks).
     Returns:
       ``(means, None)``: the mean of each loss term over the epoch; or ``(None, terms)`` with
       the terms of the first non-finite step (the epoch stops there).
     Raises:
       ValueError: the input ended.
     """
-    sums, done = {}, 0
+    breaks = [int(b) for b in breaks]
+    if breaks and (breaks != sorted(set(breaks)) or breaks[0] < 1
+                   or breaks[-1] > steps_per_epoch or at_break is None):
+        raise ValueError(f"breaks must be increasing offsets in [1, {steps_per_epoch}] with an "
+                         f"at_break function, got {breaks}")
+    sums, done, pending = {}, 0, list(breaks)
     try:
         while done < steps_per_epoch:
-            count = min(steps_per_execution, steps_per_epoch - done)
+            end = pending[0] if pending else steps_per_epoch
+            count = min(steps_per_execution, end - done)
             try:
                 call_sums, call_done, first_bad, last = step.run(iterator, count)
             except (tf.errors.OutOfRangeError, StopIteration) as error:
@@ -42,6 +53,8 @@ def run_epoch(step, iterator, steps_per_epoch, steps_per_execution, bar):
                 sums[key] = sums.get(key, 0.0) + float(value)
             done += int(call_done)
             bar.update(last, int(call_done))
+            if pending and done == pending[0]:
+                at_break(pending.pop(0))
     finally:
         bar.close()
     return {key: value / steps_per_epoch for key, value in sums.items()}, None

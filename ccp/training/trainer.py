@@ -94,12 +94,35 @@ def _initialize_proxies(trainer, pool_fn, has_validation, log):
     """The CCP projection's initial proxies (SPEC §5.4), logged; nothing without a projection."""
     if trainer.projection is None:
         return
-    if not has_validation:
+    if not has_validation and not trainer.projection.projection_every_steps:
         logging.warning("CCP without validation data: the projection schedule never runs (it "
                         "is driven by the validation MAP@R)")
     event = trainer.projection.initialize_proxies(pool_fn)
     if event is not None:
         log.write({**event, "epoch": int(trainer.state.epoch.numpy())})
+
+
+def _projection_offsets(trainer, epoch, steps):
+    """Offsets in ``epoch``'s ``steps`` steps after which CCP projects (its
+    ``projection_every_steps`` counts the training phase's steps: warm-up steps do not count,
+    and the count comes from the checkpointed step counter, so a resumed run projects at the
+    same steps); empty without a projection, in the warm-up, or at instance ends."""
+    optimization = trainer.optimization
+    if trainer.projection is None or optimization.phase_of_epoch(epoch) != TRAIN:
+        return []
+    warmup_steps = sum(optimization.steps_in_epoch(e, trainer.steps_per_epoch)
+                       for e in range(1, epoch) if optimization.phase_of_epoch(e) != TRAIN)
+    done = int(trainer.state.step.numpy()) - warmup_steps
+    return trainer.projection.projection_offsets(done, steps)
+
+
+def _step_projection(trainer, epoch, pool_fn, log):
+    """``offset -> None``: the projection at a step inside ``epoch`` (the same pool function
+    as at instance ends), logged with its epoch and its global step."""
+    def project(offset):
+        event = trainer.projection.project(pool_fn)
+        log.write({**event, "epoch": epoch, "step": int(trainer.state.step.numpy())})
+    return project
 
 
 class Trainer:
@@ -244,7 +267,8 @@ class Trainer:
         iterator = self.distribute(train_dataset_fn(int(self.state.step.numpy())))
         while int(self.state.epoch.numpy()) < self.max_epochs:
             epoch = int(self.state.epoch.numpy()) + 1
-            record = self._train_epoch(iterator, epoch)
+            record = self._train_epoch(iterator, epoch,
+                                       _step_projection(self, epoch, pool_fn, log))
             metric = self._validate(validation_data, record)
             symptom = health.collapse_symptom(record)
             if symptom is not None:
@@ -265,14 +289,16 @@ class Trainer:
                 return "early_stopping"
         return "max_epochs"
 
-    def _train_epoch(self, iterator, epoch):
-        """Runs one epoch's steps; returns its record (mean loss terms, lr, seconds)."""
+    def _train_epoch(self, iterator, epoch, project_at=None):
+        """Runs one epoch's steps, ``project_at(offset)`` after the steps where CCP projects
+        every N steps; returns its record (mean loss terms, lr, seconds)."""
         started = time.time()
         phase = self.optimization.phase_of_epoch(epoch)
         steps = self.optimization.steps_in_epoch(epoch, self.steps_per_epoch)
+        breaks = _projection_offsets(self, epoch, steps) if project_at else []
         means, bad_terms = epoch_lib.run_epoch(
             self.steps[phase], iterator, steps, self.steps_per_execution,
-            epoch_lib.ProgressBar(steps, f"epoch {epoch}", self.progress_bar))
+            epoch_lib.ProgressBar(steps, f"epoch {epoch}", self.progress_bar), breaks, project_at)
         if bad_terms is not None:
             raise FloatingPointError(
                 f"non-finite loss or gradient at epoch {epoch}, step "
@@ -304,7 +330,7 @@ class Trainer:
                     _monitored(self.projection, metric, record), pool_fn)
                 record["ccp_action"] = decision.action
                 if decision.event is not None:
-                    log.write({**decision.event, "epoch": epoch})
+                    log.write({**decision.event, "epoch": epoch, "step": record["step"]})
             plateau = self.optimization.plateau
             if plateau is not None:
                 new_lr = plateau.on_epoch_end(metric, self.optimizers[TRAIN])

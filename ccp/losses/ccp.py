@@ -46,8 +46,86 @@ def _contrastive_and_weights(squared, pos, neg, pos_margin, neg_margin):
     return loss, weights
 
 
-def fused_contrastive_ccp(labels, embeddings, proxies, proxy_labels, pos_margin, neg_margin,
-                          pair_weight, proxy_weight):
+def _proxy_pairs(labels, num_proxies, proxies_per_class):
+    """The sample-vs-proxy pairs of a class-major bank (proxy ``c * K + k`` has label ``c``).
+
+    Args:
+      labels: int32 ``[B]``, values < 0 mark padding rows; num_proxies: ``P = C * K``.
+    Returns:
+      ``pos_index`` int32 ``[B, K]`` (the K proxies of each sample's class), ``pos_valid``
+      float32 ``[B, K]`` (0 on padding rows), ``pos_flat`` int32 ``[B, K]`` (their positions in
+      a flattened ``[P, B]`` matrix), ``neg_mask`` float32 ``[P, B]`` (other classes' proxies).
+    """
+    k = proxies_per_class
+    batch = tf.shape(labels)[0]
+    valid = labels >= 0
+    pos_index = tf.maximum(labels, 0)[:, None] * k + tf.range(k)[None, :]
+    pos_valid = tf.cast(tf.broadcast_to(valid[:, None], tf.shape(pos_index)), tf.float32)
+    pos_flat = pos_index * batch + tf.range(batch)[:, None]
+    proxy_labels = tf.range(num_proxies) // k
+    neg_mask = tf.cast(tf.logical_and(tf.not_equal(proxy_labels[:, None], labels[None, :]),
+                                      valid[None, :]), tf.float32)
+    return pos_index, pos_valid, pos_flat, neg_mask
+
+
+def _hinge_weights(active, count, dists, scale):
+    """``scale * d(mean of active hinge terms) / d squared distance`` (0 at distance 0)."""
+    return scale * tf.math.divide_no_nan(active / count, 2.0 * dists)
+
+
+def _proxy_term(cross_d, pos_flat, pos_valid, neg_mask, pos_margin, neg_margin):
+    """C2 over the sample-vs-proxy pairs, from the distances ``cross_d [P, B]``.
+
+    The positives are gathered (``[B, K]``: K per sample), the negatives read in place.
+    Returns ``(value, pos_d [B, K], pos_active [B, K], pos_count, neg_active [P, B],
+    neg_count)``.
+    """
+    neg_terms = tf.nn.relu(neg_margin - cross_d) * neg_mask
+    neg_active = tf.cast(neg_terms > 0.0, tf.float32)
+    neg_count = tf.reduce_sum(neg_active) + 1e-16
+    pos_d = tf.gather(tf.reshape(cross_d, [-1]), pos_flat)
+    pos_terms = tf.nn.relu(pos_d - pos_margin) * pos_valid
+    pos_active = tf.cast(pos_terms > 0.0, tf.float32)
+    pos_count = tf.reduce_sum(pos_active) + 1e-16
+    value = tf.reduce_sum(pos_terms) / pos_count + tf.reduce_sum(neg_terms) / neg_count
+    return value, pos_d, pos_active, pos_count, neg_active, neg_count
+
+
+def _proxy_pulls(x, raw_w, inv_w, pos_index, pos_w, neg_w):
+    """Sums of the sample-vs-proxy weights ``W`` (``d loss / d squared distance``).
+
+    ``pos_w [B, K]`` holds the positive pairs' weights, ``neg_w`` a thunk giving the negative
+    pairs' ``[P, B]`` (called only when some negative is active: with C2's margin most batches
+    have none, and their two ``[P, B] x [B|P, D]`` matmuls are skipped).
+    Returns ``row_sums [B, 1]``, ``pull [B, D] = sum_j W_ij w_j`` (``w = raw_w * inv_w``),
+    ``col_sums [P, 1]`` and ``v [P, D] = W^T x``.
+    """
+    num_proxies = tf.shape(raw_w)[0]
+    flat_index = tf.reshape(pos_index, [-1])
+    pos_s = tf.gather(inv_w[:, 0], pos_index)
+    row_sums = tf.reduce_sum(pos_w, axis=1, keepdims=True)
+    pull = tf.einsum("bk,bkd->bd", pos_w * pos_s, tf.gather(raw_w, pos_index))
+    col_sums = tf.math.unsorted_segment_sum(tf.reshape(pos_w, [-1]), flat_index,
+                                            num_proxies)[:, None]
+    v = tf.math.unsorted_segment_sum(tf.reshape(pos_w[:, :, None] * x[:, None, :],
+                                                [-1, tf.shape(x)[1]]), flat_index, num_proxies)
+
+    def negatives():
+        weights = neg_w()
+        return (tf.transpose(tf.reduce_sum(weights, axis=0, keepdims=True)),
+                tf.matmul(weights * inv_w, raw_w, transpose_a=True),
+                tf.reduce_sum(weights, axis=1, keepdims=True), tf.matmul(weights, x))
+
+    def no_negatives():
+        return (tf.zeros_like(row_sums), tf.zeros_like(pull), tf.zeros_like(col_sums),
+                tf.zeros_like(v))
+
+    parts = (row_sums, pull, col_sums, v)
+    return parts, negatives, no_negatives
+
+
+def fused_contrastive_ccp(labels, embeddings, proxies, proxies_per_class, pos_margin,
+                          neg_margin, pair_weight, proxy_weight):
     """C2-CCP in one pass with a hand-written gradient (the value of ``CCPLoss`` with a C2 base).
 
     Lipschitz-normalizes ``embeddings`` and ``proxies`` (SPEC §2), then C2 (SPEC §4) on the
@@ -57,19 +135,20 @@ def fused_contrastive_ccp(labels, embeddings, proxies, proxy_labels, pos_margin,
     ``W = d loss / d squared distances``, ``d/dx_i = 2 (x_i rowsum_i(W) - sum_j W_ij w_j)``,
     ``d/dw_j = 2 (w_j colsum_j(W) - sum_i W_ij x_i)``, then SPEC §2's Lipschitz gradient, which
     for a proxy folds into ``d/dr_j = r_j a_j - (W^T x)_j b_j`` with per-row ``a_j, b_j``.
+    ``W`` is sparse: a sample's positive proxies are its class's K (gathered), and a negative
+    proxy counts only inside the margin, so the dense negative part of the backward pass runs
+    only when some negative pair is active (same numbers either way).
 
     Args:
-      labels: int32 ``[B]``; embeddings: float32 raw ``[B, D]``.
-      proxies: float32 raw ``[P, D]``; proxy_labels: int32 ``[P]``.
+      labels: int32 ``[B]`` (< 0: padding); embeddings: float32 raw ``[B, D]``.
+      proxies: float32 raw ``[P, D]``, class-major (``P = C * K``, row ``c * K + k``);
+      proxies_per_class: K.
     Returns:
       ``(loss, pair, proxy)`` scalars: ``loss = pair_weight * pair + proxy_weight * proxy``.
     """
     pair_pos, pair_neg = (tf.cast(m, tf.float32) for m in ops.pair_masks(labels))
-    # Proxy labels are never padding: a padded sample (label < 0) equals no proxy label.
-    proxy_pos = tf.equal(labels[:, None], proxy_labels[None, :])
-    proxy_neg = tf.cast(tf.logical_and(tf.logical_not(proxy_pos), labels[:, None] >= 0),
-                        tf.float32)
-    proxy_pos = tf.cast(proxy_pos, tf.float32)
+    pos_index, pos_valid, pos_flat, neg_mask = _proxy_pairs(labels, tf.shape(proxies)[0],
+                                                            proxies_per_class)
 
     @tf.custom_gradient
     def run(raw_x, raw_w):
@@ -77,17 +156,16 @@ def fused_contrastive_ccp(labels, embeddings, proxies, proxy_labels, pos_margin,
         x = raw_x * inv_x
         squared_x = tf.reduce_sum(tf.square(x), axis=1, keepdims=True)
         norm_w, inv_w = _lipschitz_scale(raw_w)
-        squared_w = norm_w * tf.square(inv_w)
-
         batch_sq = tf.nn.relu(squared_x + tf.transpose(squared_x)
                               - 2.0 * tf.matmul(x, x, transpose_b=True))
         batch_sq = tf.linalg.set_diag(batch_sq, tf.zeros(tf.shape(batch_sq)[:1], batch_sq.dtype))
-        cross_sq = tf.nn.relu(squared_x + tf.transpose(squared_w) - 2.0 * tf.matmul(
-            x, raw_w, transpose_b=True) * tf.transpose(inv_w))
         pair, pair_weights = _contrastive_and_weights(batch_sq, pair_pos, pair_neg, pos_margin,
                                                       neg_margin)
-        proxy, proxy_weights = _contrastive_and_weights(cross_sq, proxy_pos, proxy_neg,
-                                                        pos_margin, neg_margin)
+        # Proxies as rows ([P, B]: the faster matmul orientation for a tall bank).
+        cross_d = tf.sqrt(tf.nn.relu(norm_w * tf.square(inv_w) + tf.transpose(squared_x)
+                                     - 2.0 * tf.matmul(raw_w, x, transpose_b=True) * inv_w))
+        proxy, pos_d, pos_active, pos_count, neg_active, neg_count = _proxy_term(
+            cross_d, pos_flat, pos_valid, neg_mask, pos_margin, neg_margin)
         loss = pair_weight * pair + proxy_weight * proxy
 
         def grad(d_loss, d_pair=None, d_proxy=None):
@@ -95,20 +173,20 @@ def fused_contrastive_ccp(labels, embeddings, proxies, proxy_labels, pos_margin,
             proxy_scale = proxy_weight * d_loss + (0.0 if d_proxy is None else d_proxy)
             batch_w = pair_scale * pair_weights
             batch_w = batch_w + tf.transpose(batch_w)  # x is both query and reference
-            cross_w = proxy_scale * proxy_weights
-            row_sums = (tf.reduce_sum(batch_w, axis=1, keepdims=True)
-                        + tf.reduce_sum(cross_w, axis=1, keepdims=True))
-            # sum_j W_ij w_j = (W * s^T) r
-            grad_x = 2.0 * (x * row_sums - tf.matmul(batch_w, x)
-                            - tf.matmul(cross_w * tf.transpose(inv_w), raw_w))
+            parts, negatives, no_negatives = _proxy_pulls(
+                x, raw_w, inv_w, pos_index,
+                _hinge_weights(pos_active, pos_count, pos_d, proxy_scale),
+                lambda: _hinge_weights(neg_active, neg_count, cross_d, -proxy_scale))
+            extra = tf.cond(neg_count > 0.5, negatives, no_negatives)
+            row_sums, pull, col_sums, v = (a + b for a, b in zip(parts, extra))
+            grad_x = 2.0 * (x * (row_sums + tf.reduce_sum(batch_w, axis=1, keepdims=True))
+                            - tf.matmul(batch_w, x) - pull)
             along_x = tf.reduce_sum(x * grad_x, axis=1, keepdims=True)
             along_x = tf.where(norm_x > 1.0, along_x, tf.zeros_like(along_x))
             d_raw_x = (grad_x - along_x * x) * inv_x
             # Proxies: g_j = 2 (r_j s_j c_j - v_j), v = W^T x, c = colsum(W);
             # <u_j, g_j> = 2 (|r_j|^2 c_j s_j^2 - <r_j, v_j> s_j) outside the ball, else 0;
             # d r_j = (g_j - <u_j, g_j> u_j) s_j = r_j (2 c_j - <u_j, g_j>) s_j^2 - v_j 2 s_j.
-            col_sums = tf.transpose(tf.reduce_sum(cross_w, axis=0, keepdims=True))
-            v = tf.matmul(cross_w, x, transpose_a=True)
             along_w = 2.0 * (norm_w * col_sums * tf.square(inv_w)
                              - tf.reduce_sum(raw_w * v, axis=1, keepdims=True) * inv_w)
             along_w = tf.where(norm_w > 1.0, along_w, tf.zeros_like(along_w))
@@ -160,7 +238,7 @@ class CCPLoss(ProxyLoss):
         if _is_euclidean_contrastive(self.base_loss):
             loss, pair, proxy = fused_contrastive_ccp(
                 ops.flatten_labels(labels), embeddings, tf.convert_to_tensor(self.proxies),
-                self.proxy_labels, self.base_loss.pos_margin, self.base_loss.neg_margin,
+                self.proxies_per_class, self.base_loss.pos_margin, self.base_loss.neg_margin,
                 self.pair_weight, self.proxy_weight)
             return {"loss": loss, "pair": pair, "proxy": proxy}
         labels, x = self.prepare(labels, embeddings)

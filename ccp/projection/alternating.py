@@ -219,10 +219,11 @@ class AlternatingProjection(tf.Module):
                                                         self.normalized_kcenter))
         length = (f"{self.schedule.every_steps} steps" if self.schedule.every_steps
                   else f"{summary.epochs} epochs")
+        best = "n/a" if event["best_value"] is None else f"{event['best_value']:.4f}"
         logging.info(
-            "CCP: problem instance %d ended after %s (best MAP@R %.4f); lambda=%.3g; "
+            "CCP: problem instance %d ended after %s (best %s %s); lambda=%.3g; "
             "covering radius %.4f -> %.4f; mean proxy distance %.4f -> %.4f",
-            summary.ended_instance, length, summary.best_value, event["lambda"],
+            summary.ended_instance, length, self.monitor, best, event["lambda"],
             event.get("radius_before", float("nan")), event.get("radius_after", float("nan")),
             event.get("proxy_distance_before", float("nan")),
             event.get("proxy_distance_after", float("nan")))

@@ -11,6 +11,10 @@ over ``--calls`` calls, so that a busy machine penalizes all of them alike:
   ``tf.custom_gradient`` Lipschitz normalization (``tf.where`` between the projected and the
   identity gradient) and the C2 loss composed from ``ops.pairwise_distances`` /
   ``ops.pair_masks`` / ``losses.pair.contrastive``, once for the batch and once for the proxies;
+- ``ccp_dense`` / ``previous_dense``: the same two on vectors all near one direction, so that
+  every sample-vs-proxy negative pair is inside the margin (the fused loss's worst case: its
+  dense negative backward runs; with the random vectors no negative pair is active, as in most
+  training batches, and that part is skipped);
 - ``lipschitz`` / ``lipschitz_previous``: the normalization of the 800 x 128 proxy bank alone;
 - ``pml`` (when ``--baseline_python`` has torch + pytorch-metric-learning): the same loss with
   PML's ``ContrastiveLoss`` (``LpDistance`` on the Lipschitz-normalized vectors, batch term +
@@ -37,8 +41,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_BASELINE_PYTHON = os.path.join(REPO, "benchmarks", ".venv-baselines", "bin", "python")
 
 
-def _problem(args):
-    """Seeded inputs shared by every variant: labels [B], embeddings [B, D], proxies [P, D]."""
+def _problem(args, dense=False):
+    """Seeded inputs shared by every variant: labels [B], embeddings [B, D], proxies [P, D].
+
+    ``dense``: every vector near one direction, so that every sample-vs-proxy negative pair is
+    inside C2's margin (the worst case of the fused loss, which skips the negative part of the
+    backward pass when no negative pair is active, as with the random vectors).
+    """
     rng = np.random.default_rng(args.seed)
     batch = args.classes_per_batch * args.samples_per_class
     classes = rng.choice(args.num_classes, args.classes_per_batch, replace=False)
@@ -46,6 +55,11 @@ def _problem(args):
     # Raw embeddings of mixed norms (some inside the unit ball, most outside).
     embeddings = (rng.normal(size=(batch, args.dim)) * rng.uniform(0.05, 0.2, (batch, 1)))
     proxies = rng.normal(size=(args.num_classes * args.proxies_per_class, args.dim)) * 0.12
+    if dense:
+        direction = rng.normal(size=args.dim)
+        direction /= np.linalg.norm(direction)
+        embeddings = direction + 0.01 * rng.normal(size=embeddings.shape)
+        proxies = direction + 0.01 * rng.normal(size=proxies.shape)
     proxy_labels = np.repeat(np.arange(args.num_classes), args.proxies_per_class).astype(np.int32)
     return labels, embeddings.astype(np.float32), proxies.astype(np.float32), proxy_labels
 
@@ -81,19 +95,13 @@ def _previous_functions(tf):
     return lipschitz, ccp_loss
 
 
-def _tf_variants(args):
-    import tensorflow as tf
-
-    from ccp import losses
-    from ccp.layers import lipschitz_l2_normalize
-
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    labels, embeddings, proxies, proxy_labels = _problem(args)
+def _loss_pair(args, tf, losses, previous_ccp, dense):
+    """``(ours, previous, bank)``: two ``tf.function`` s of the value and the gradients w.r.t.
+    the embeddings and the proxy bank, on the (``dense``) problem."""
+    labels, embeddings, proxies, proxy_labels = _problem(args, dense)
     layer = losses.CCPLoss(losses.ContrastiveLoss(0.0, 0.5), args.num_classes, args.dim,
                            proxies_per_class=args.proxies_per_class)
     layer.assign_proxies(proxies)
-    previous_lipschitz, previous_ccp = _previous_functions(tf)
     labels_t, x_t = tf.constant(labels), tf.constant(embeddings)
     proxy_labels_t = tf.constant(proxy_labels)
     bank = layer.proxies
@@ -112,6 +120,22 @@ def _tf_variants(args):
             loss = previous_ccp(labels_t, x_t, tf.convert_to_tensor(bank), proxy_labels_t)
         return (loss, *tape.gradient(loss, [x_t, bank]))
 
+    return ours, previous, bank
+
+
+def _tf_variants(args):
+    import tensorflow as tf
+
+    from ccp import losses
+    from ccp.layers import lipschitz_l2_normalize
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    previous_lipschitz, previous_ccp = _previous_functions(tf)
+    ours, previous, bank = _loss_pair(args, tf, losses, previous_ccp, dense=False)
+    ours_dense, previous_dense, _ = _loss_pair(args, tf, losses, previous_ccp, dense=True)
+    proxies = _problem(args)[2]
+
     cotangent = tf.constant(np.random.default_rng(1).normal(size=proxies.shape), tf.float32)
 
     def lipschitz_of(fn):
@@ -122,13 +146,15 @@ def _tf_variants(args):
             return value, tape.gradient(value, bank, output_gradients=cotangent)
         return run
 
-    variants = {"ccp": ours, "previous": previous,
+    variants = {"ccp": ours, "previous": previous, "ccp_dense": ours_dense,
+                "previous_dense": previous_dense,
                 "lipschitz": lipschitz_of(lipschitz_l2_normalize),
                 "lipschitz_previous": lipschitz_of(previous_lipschitz)}
     # Same numbers: the library's value and gradients equal the previous implementation's.
-    new, old = ours(), previous()
-    for a, b in zip(new, old):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+    for new_fn, old_fn in ((ours, previous), (ours_dense, previous_dense)):
+        for a, b in zip(new_fn(), old_fn()):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4,
+                                       atol=1e-6 * max(1.0, float(np.abs(b.numpy()).max())))
     return {name: (lambda fn=fn: [t.numpy() for t in fn()]) for name, fn in variants.items()}
 
 
@@ -239,6 +265,10 @@ def main(argv=None):
             f"x{pml['pml'][1] / ours[1]:.2f} CPU")
     else:
         print(f"  pytorch-metric-learning            (not run: {why})")
+    row("ccp, every negative in the margin", times["ccp_dense"])
+    row("  previous implementation, same", times["previous_dense"],
+        f"   ccp faster x{times['previous_dense'][0] / times['ccp_dense'][0]:.2f} wall, "
+        f"x{times['previous_dense'][1] / times['ccp_dense'][1]:.2f} CPU")
     bank = f"{args.num_classes * args.proxies_per_class} x {args.dim}"
     row(f"Lipschitz of the {bank} bank", times["lipschitz"])
     row("  previous Lipschitz", times["lipschitz_previous"],

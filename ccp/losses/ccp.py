@@ -91,37 +91,52 @@ def _proxy_term(cross_d, pos_flat, pos_valid, neg_mask, pos_margin, neg_margin):
     return value, pos_d, pos_active, pos_count, neg_active, neg_count
 
 
-def _proxy_pulls(x, raw_w, inv_w, pos_index, pos_w, neg_w):
-    """Sums of the sample-vs-proxy weights ``W`` (``d loss / d squared distance``).
+def _proxy_gradients(x, raw_w, norm_w, inv_w, pos_index, pos_dots, pos_w, neg_w):
+    """The sample-vs-proxy part of the gradient, from ``W = d loss / d squared distance``.
 
-    ``pos_w [B, K]`` holds the positive pairs' weights, ``neg_w`` a thunk giving the negative
-    pairs' ``[P, B]`` (called only when some negative is active: with C2's margin most batches
-    have none, and their two ``[P, B] x [B|P, D]`` matmuls are skipped).
-    Returns ``row_sums [B, 1]``, ``pull [B, D] = sum_j W_ij w_j`` (``w = raw_w * inv_w``),
-    ``col_sums [P, 1]`` and ``v [P, D] = W^T x``.
+    Args:
+      x: ``[B, D]`` normalized samples; raw_w ``[P, D]`` raw proxies ``r_j`` with squared norms
+        ``norm_w`` and scales ``inv_w = s_j`` (``[P, 1]``); pos_index ``[B, K]`` the positive
+        proxies, ``pos_dots [B, K]`` their ``<r_j, x_i>``, ``pos_w [B, K]`` their weights;
+        neg_w: a thunk giving the negative pairs' weights ``[P, B]``, called only when some
+        negative pair is active (with C2's margin most batches have none, and the dense
+        ``[P, B]`` work of the backward pass is skipped).
+    Returns:
+      ``row_sums [B, 1]`` (``sum_j W_ij``), ``pull [B, D]`` (``sum_j W_ij w_j``) and
+      ``d_raw_w [P, D]``. A proxy's gradient is linear in its pairs' weights: through SPEC §2's
+      Lipschitz gradient, a pair ``(i, j)`` of weight ``W`` adds ``alpha r_j + beta x_i`` with
+      ``alpha = W s_j^2 (2 - [|r_j| > 1] 2 (|r_j|^2 s_j^2 - <r_j, x_i> s_j))``,
+      ``beta = -2 W s_j``; positive pairs add theirs by a segment sum over the K x B pairs.
     """
-    num_proxies = tf.shape(raw_w)[0]
-    flat_index = tf.reshape(pos_index, [-1])
+    num_proxies, dim = tf.shape(raw_w)[0], tf.shape(x)[1]
+    pos_r = tf.gather(raw_w, pos_index)  # [B, K, D]
     pos_s = tf.gather(inv_w[:, 0], pos_index)
+    pos_norm = tf.gather(norm_w[:, 0], pos_index)
     row_sums = tf.reduce_sum(pos_w, axis=1, keepdims=True)
-    pull = tf.einsum("bk,bkd->bd", pos_w * pos_s, tf.gather(raw_w, pos_index))
-    col_sums = tf.math.unsorted_segment_sum(tf.reshape(pos_w, [-1]), flat_index,
-                                            num_proxies)[:, None]
-    v = tf.math.unsorted_segment_sum(tf.reshape(pos_w[:, :, None] * x[:, None, :],
-                                                [-1, tf.shape(x)[1]]), flat_index, num_proxies)
+    pull = tf.einsum("bk,bkd->bd", pos_w * pos_s, pos_r)
+    outside = tf.cast(pos_norm > 1.0, tf.float32)
+    alpha = pos_w * tf.square(pos_s) * (
+        2.0 - outside * 2.0 * (pos_norm * tf.square(pos_s) - pos_dots * pos_s))
+    beta = -2.0 * pos_w * pos_s
+    d_raw_w = tf.math.unsorted_segment_sum(
+        tf.reshape(alpha[:, :, None] * pos_r + beta[:, :, None] * x[:, None, :], [-1, dim]),
+        tf.reshape(pos_index, [-1]), num_proxies)
 
-    def negatives():
+    def with_negatives():
         weights = neg_w()
-        return (tf.transpose(tf.reduce_sum(weights, axis=0, keepdims=True)),
-                tf.matmul(weights * inv_w, raw_w, transpose_a=True),
-                tf.reduce_sum(weights, axis=1, keepdims=True), tf.matmul(weights, x))
+        col_sums = tf.reduce_sum(weights, axis=1, keepdims=True)
+        v = tf.matmul(weights, x)  # [P, D]
+        # d r_j = r_j (2 c_j - <u_j, g_j>) s_j^2 - 2 s_j v_j, with g_j = 2 (r_j s_j c_j - v_j)
+        # and <u_j, g_j> = 2 (|r_j|^2 c_j s_j^2 - <r_j, v_j> s_j) outside the ball, else 0.
+        along = 2.0 * (norm_w * col_sums * tf.square(inv_w)
+                       - tf.reduce_sum(raw_w * v, axis=1, keepdims=True) * inv_w)
+        along = tf.where(norm_w > 1.0, along, tf.zeros_like(along))
+        return (row_sums + tf.transpose(tf.reduce_sum(weights, axis=0, keepdims=True)),
+                pull + tf.matmul(weights * inv_w, raw_w, transpose_a=True),
+                d_raw_w + raw_w * ((2.0 * col_sums - along) * tf.square(inv_w))
+                - v * (2.0 * inv_w))
 
-    def no_negatives():
-        return (tf.zeros_like(row_sums), tf.zeros_like(pull), tf.zeros_like(col_sums),
-                tf.zeros_like(v))
-
-    parts = (row_sums, pull, col_sums, v)
-    return parts, negatives, no_negatives
+    return with_negatives, (row_sums, pull, d_raw_w)
 
 
 def fused_contrastive_ccp(labels, embeddings, proxies, proxies_per_class, pos_margin,
@@ -162,8 +177,9 @@ def fused_contrastive_ccp(labels, embeddings, proxies, proxies_per_class, pos_ma
         pair, pair_weights = _contrastive_and_weights(batch_sq, pair_pos, pair_neg, pos_margin,
                                                       neg_margin)
         # Proxies as rows ([P, B]: the faster matmul orientation for a tall bank).
+        dots = tf.matmul(raw_w, x, transpose_b=True)  # <r_j, x_i>
         cross_d = tf.sqrt(tf.nn.relu(norm_w * tf.square(inv_w) + tf.transpose(squared_x)
-                                     - 2.0 * tf.matmul(raw_w, x, transpose_b=True) * inv_w))
+                                     - 2.0 * dots * inv_w))
         proxy, pos_d, pos_active, pos_count, neg_active, neg_count = _proxy_term(
             cross_d, pos_flat, pos_valid, neg_mask, pos_margin, neg_margin)
         loss = pair_weight * pair + proxy_weight * proxy
@@ -173,24 +189,18 @@ def fused_contrastive_ccp(labels, embeddings, proxies, proxies_per_class, pos_ma
             proxy_scale = proxy_weight * d_loss + (0.0 if d_proxy is None else d_proxy)
             batch_w = pair_scale * pair_weights
             batch_w = batch_w + tf.transpose(batch_w)  # x is both query and reference
-            parts, negatives, no_negatives = _proxy_pulls(
-                x, raw_w, inv_w, pos_index,
+            with_negatives, without = _proxy_gradients(
+                x, raw_w, norm_w, inv_w, pos_index,
+                tf.gather(tf.reshape(dots, [-1]), pos_flat),
                 _hinge_weights(pos_active, pos_count, pos_d, proxy_scale),
                 lambda: _hinge_weights(neg_active, neg_count, cross_d, -proxy_scale))
-            extra = tf.cond(neg_count > 0.5, negatives, no_negatives)
-            row_sums, pull, col_sums, v = (a + b for a, b in zip(parts, extra))
+            row_sums, pull, d_raw_w = tf.cond(neg_count > 0.5, with_negatives,
+                                              lambda: without)
             grad_x = 2.0 * (x * (row_sums + tf.reduce_sum(batch_w, axis=1, keepdims=True))
                             - tf.matmul(batch_w, x) - pull)
             along_x = tf.reduce_sum(x * grad_x, axis=1, keepdims=True)
             along_x = tf.where(norm_x > 1.0, along_x, tf.zeros_like(along_x))
             d_raw_x = (grad_x - along_x * x) * inv_x
-            # Proxies: g_j = 2 (r_j s_j c_j - v_j), v = W^T x, c = colsum(W);
-            # <u_j, g_j> = 2 (|r_j|^2 c_j s_j^2 - <r_j, v_j> s_j) outside the ball, else 0;
-            # d r_j = (g_j - <u_j, g_j> u_j) s_j = r_j (2 c_j - <u_j, g_j>) s_j^2 - v_j 2 s_j.
-            along_w = 2.0 * (norm_w * col_sums * tf.square(inv_w)
-                             - tf.reduce_sum(raw_w * v, axis=1, keepdims=True) * inv_w)
-            along_w = tf.where(norm_w > 1.0, along_w, tf.zeros_like(along_w))
-            d_raw_w = raw_w * ((2.0 * col_sums - along_w) * tf.square(inv_w)) - v * (2.0 * inv_w)
             return d_raw_x, d_raw_w
 
         return (loss, pair, proxy), grad

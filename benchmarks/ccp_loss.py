@@ -7,6 +7,8 @@ one ``tf.function`` per call (as the train step runs it), read back to the host.
 Variants, timed interleaved (round robin) and reported as the minimum over rounds of the mean
 over ``--calls`` calls, so that a busy machine penalizes all of them alike:
 - ``ccp``: ``ccp.losses.CCPLoss(ContrastiveLoss(0, 0.5), ...)``, the library as it is;
+- ``ccp_xla``: the same function compiled by XLA (``jit_compile=True``), as the Trainer runs
+  the loss inside its step with ``Trainer(jit_compile=True)`` (the TPU path);
 - ``previous``: the previous implementation, kept here as the baseline: the old
   ``tf.custom_gradient`` Lipschitz normalization (``tf.where`` between the projected and the
   identity gradient) and the C2 loss composed from ``ops.pairwise_distances`` /
@@ -106,12 +108,14 @@ def _loss_pair(args, tf, losses, previous_ccp, dense):
     proxy_labels_t = tf.constant(proxy_labels)
     bank = layer.proxies
 
-    @tf.function
-    def ours():
+    def ours_body():
         with tf.GradientTape() as tape:
             tape.watch(x_t)
             loss = layer(labels_t, x_t)
         return (loss, *tape.gradient(loss, [x_t, bank]))
+
+    ours = tf.function(ours_body)
+    ours.xla = tf.function(ours_body, jit_compile=True)
 
     @tf.function
     def previous():
@@ -146,12 +150,12 @@ def _tf_variants(args):
             return value, tape.gradient(value, bank, output_gradients=cotangent)
         return run
 
-    variants = {"ccp": ours, "previous": previous, "ccp_dense": ours_dense,
+    variants = {"ccp": ours, "ccp_xla": ours.xla, "previous": previous, "ccp_dense": ours_dense,
                 "previous_dense": previous_dense,
                 "lipschitz": lipschitz_of(lipschitz_l2_normalize),
                 "lipschitz_previous": lipschitz_of(previous_lipschitz)}
     # Same numbers: the library's value and gradients equal the previous implementation's.
-    for new_fn, old_fn in ((ours, previous), (ours_dense, previous_dense)):
+    for new_fn, old_fn in ((ours, previous), (ours.xla, previous), (ours_dense, previous_dense)):
         for a, b in zip(new_fn(), old_fn()):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4,
                                        atol=1e-6 * max(1.0, float(np.abs(b.numpy()).max())))
@@ -256,6 +260,7 @@ def main(argv=None):
         print(f"  {label:34s} {value[0]:7.3f}   {value[1]:7.3f}{note}")
 
     row("ccp (library)", ours)
+    row("ccp, XLA (Trainer(jit_compile=True))", times["ccp_xla"])
     row("previous implementation", times["previous"],
         f"   ccp faster x{times['previous'][0] / ours[0]:.2f} wall, "
         f"x{times['previous'][1] / ours[1]:.2f} CPU")

@@ -98,7 +98,8 @@ def ratio(name, ours, baseline):
     return f"  {name}: speed ratio (steps/s) " + ", ".join(parts) + "; target >= 1.0"
 
 
-def set_threads(tf, threads):
-    """Limits TensorFlow to ``threads`` intra-op and inter-op threads (before any op runs)."""
+def set_threads(tf, threads, inter_op_threads=None):
+    """Limits TensorFlow to ``threads`` intra-op threads and ``inter_op_threads`` (default
+    ``threads``) inter-op threads, before any op runs."""
     tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads or threads)

@@ -41,7 +41,8 @@ flags.DEFINE_list("methods", ["C2", "C2-CCP", "MS", "MS-CCP", "ProxyAnchor"], "M
 flags.DEFINE_list("k_sweep", ["1", "2", "4", "8"], "K values of the C2-CCP sweep (empty: none).")
 flags.DEFINE_list("runner_flags", [], "Extra runner flags for every run, e.g. folds=4 or "
                   "max_epochs=12 (without the leading --; they override the flagfile).")
-flags.DEFINE_integer("jobs", 1, "Runner processes at a time (1 on a 2-core machine).")
+flags.DEFINE_integer("jobs", 2, "Runner processes at a time (a runner keeps about one core "
+                     "busy on this small CNN: 2 fill a 2-core machine).")
 flags.DEFINE_bool("summarize_only", False, "Run nothing: print the tables of the seeds whose "
                   "fold models all finished in --output_dir (an interrupted or running benchmark).")
 FLAGS = flags.FLAGS
@@ -337,8 +338,12 @@ def main(argv):
     first = rows[0][1] if rows else done[next(iter(done))][0]
     folds, dims = first["folds"], first["embedding_size"]
     concat = dims * folds
+    overrides = dict(flag.split("=", 1) for flag in FLAGS.runner_flags if "=" in flag)
+    budget = (f"{overrides.get('max_epochs', flagfile_value('max_epochs'))} epochs x "
+              f"{overrides.get('steps_per_epoch', flagfile_value('steps_per_epoch'))} steps")
+    extra = f" ({' '.join(FLAGS.runner_flags)})" if FLAGS.runner_flags else ""
     print(f"\nglyphs (202 training / 203 unseen test classes), small_cnn {dims}D, "
-          f"{FLAGFILE.relative_to(REPO)} budget {' '.join(FLAGS.runner_flags)}, {folds} class "
+          f"{FLAGFILE.relative_to(REPO)}, {budget} per fold model{extra}, {folds} class "
           f"folds, {FLAGS.repeats} seeds; test metrics in %, mean ± std over seeds "
           f"({concat}D = concatenation of the fold models):\n")
     print(quality_table(rows, concat))

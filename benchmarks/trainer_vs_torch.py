@@ -112,7 +112,7 @@ def main(argv):
     import ccp
 
     FLAGS = flags.FLAGS
-    cnn.set_threads(tf, FLAGS.threads)
+    cnn.set_threads(tf, FLAGS.threads, FLAGS.tf_inter_op_threads)
     trainer = cnn.trainer(ccp, keras, FLAGS.steps_per_execution, FLAGS.jit_compile)
     iterator = trainer.distribute(cnn.dataset(tf))
     torch_side = TorchSide(FLAGS.threads) if _has_baselines() else None
@@ -130,7 +130,8 @@ def main(argv):
     print(f"identical CNN, batch {cnn.CLASSES_PER_BATCH}x{cnn.SAMPLES_PER_CLASS} at "
           f"{cnn.IMAGE_SIZE}px, C2 ({cnn.POS_MARGIN}, {cnn.NEG_MARGIN}), Adam "
           f"{cnn.LEARNING_RATE}, threads={FLAGS.threads}, steps/call="
-          f"{FLAGS.steps_per_execution}, jit_compile={FLAGS.jit_compile}, "
+          f"{FLAGS.steps_per_execution}, jit_compile={FLAGS.jit_compile}, TF inter-op threads="
+          f"{FLAGS.tf_inter_op_threads or FLAGS.threads}, "
           f"TF {tf.__version__}" + (f", {torch_side.banner[6:]}" if torch_side else ""))
     for name, samples in times.items():
         print(cnn.report(name, samples))
@@ -151,6 +152,9 @@ if __name__ == "__main__":
         flags.DEFINE_integer("warmup_steps", 8, "Untimed steps (tracing, autotuning).")
         flags.DEFINE_integer("repeats", 5, "Alternating timed repetitions of each side.")
         flags.DEFINE_integer("threads", 2, "Threads of each framework (intra- and inter-op).")
+        flags.DEFINE_integer("tf_inter_op_threads", None, "TensorFlow inter-op threads (default "
+                             "--threads): 1 runs a step's ops one after another, each on "
+                             "--threads intra-op threads.")
         flags.DEFINE_integer("steps_per_execution", 1, "Trainer steps per tf.function call.")
         flags.DEFINE_bool("jit_compile", False, "XLA-compile the Trainer's replica step.")
         app.run(main)

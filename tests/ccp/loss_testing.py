@@ -38,3 +38,24 @@ def tf_value_and_grads(layer, labels, x, extra=()):
         value = layer(labels, xt)
     grads = tape.gradient(value, [xt, *extra])
     return float(value), [None if g is None else np.asarray(g) for g in grads]
+
+
+def assert_config_round_trip(layer, seed, **call_kwargs):
+    """``layer`` survives ``keras.layers.serialize``/``deserialize``: same type, same config
+    (name aside), and, with its weights copied over, the same loss on a seeded batch."""
+    import keras
+    import pytest
+
+    clone = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert type(clone) is type(layer)
+
+    def strip(config):
+        return {k: v for k, v in config.items() if k != "name"}
+
+    assert strip(clone.get_config()) == strip(layer.get_config())
+    assert len(clone.weights) == len(layer.weights)
+    for source, target in zip(layer.weights, clone.weights):
+        target.assign(source)
+    x, y = batch(4, 2, 5, seed=seed)
+    assert float(clone(y, x, **call_kwargs)) == pytest.approx(
+        float(layer(y, x, **call_kwargs)), rel=1e-6)

@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 from ccp import losses
-from tests.ccp.loss_testing import lip, batch, numeric_grad, tf_value_and_grads
+from tests.ccp.loss_testing import (assert_config_round_trip, batch, lip, numeric_grad,
+                                     tf_value_and_grads)
 
 
 # ----------------------------------------------------------------------------- references
@@ -388,17 +389,7 @@ ALL_LAYERS = [
 
 @pytest.mark.parametrize("make", ALL_LAYERS)
 def test_get_config_round_trip(make):
-    layer = make()
-    clone = keras.layers.deserialize(keras.layers.serialize(layer))
-    assert type(clone) is type(layer)
-    strip = lambda c: {k: v for k, v in c.items() if k not in ("name",)}  # noqa: E731
-    assert strip(clone.get_config()) == strip(layer.get_config())
-    x, y = batch(4, 2, 5, seed=10)
-    if hasattr(layer, "proxies"):
-        clone.assign_proxies(layer.proxies_by_class())
-    if isinstance(layer, losses.MarginLoss):
-        clone.beta.assign(layer.beta)
-    assert float(clone(y, x)) == pytest.approx(float(layer(y, x)), rel=1e-6)
+    assert_config_round_trip(make(), seed=10)
 
 
 def test_proxy_losses_inside_tf_function_and_mirrored_strategy():

@@ -8,7 +8,6 @@ An optional test compares with pytorch-metric-learning when torch and it are imp
 """
 import warnings
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,7 +15,8 @@ import tensorflow as tf
 from ccp import defaults, losses, ops
 from ccp.diagnostics import spectral_decay
 from ccp.losses import distances, rho
-from tests.ccp.loss_testing import lip, batch, numeric_grad, tf_value_and_grads
+from tests.ccp.loss_testing import (assert_config_round_trip, batch, lip, numeric_grad,
+                                     tf_value_and_grads)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -483,17 +483,7 @@ CONFIG_CASES = [
 
 @pytest.mark.parametrize("make", CONFIG_CASES)
 def test_get_config_round_trip(make):
-    layer = make()
-    clone = keras.layers.deserialize(keras.layers.serialize(layer))
-    assert type(clone) is type(layer)
-    strip = lambda c: {k: v for k, v in c.items() if k != "name"}  # noqa: E731
-    assert strip(clone.get_config()) == strip(layer.get_config())
-    x, y = batch(4, 2, 5, seed=19)
-    if hasattr(layer, "proxies"):
-        clone.assign_proxies(layer.proxies_by_class())
-    if isinstance(layer, losses.MarginLoss):
-        clone.beta.assign(layer.beta)
-    assert float(clone(y, x)) == pytest.approx(float(layer(y, x)), rel=1e-6)
+    assert_config_round_trip(make(), seed=19)
 
 
 # ----------------------------------------------------------------------------- spectral decay

@@ -16,6 +16,29 @@ def write_jpeg(path, seed):
     Image.fromarray(pixels).save(path, format="JPEG", quality=90)
 
 
+def write_cub_layout(root, classes, per_class, boxes=False):
+    """CUB_200_2011 files under ``root``: ``per_class`` JPEGs of each class id in ``classes``
+    (folder ``NNN.Bird_N``), images.txt, image_class_labels.txt, classes.txt and, with
+    ``boxes``, bounding_boxes.txt (boxes reaching past the image's bottom edge)."""
+    images, labels, names, box_lines = [], [], [], []
+    image_id = 0
+    for cls in classes:
+        folder = f"{cls:03d}.Bird_{cls}"
+        names.append(f"{cls} {folder}")
+        for k in range(per_class):
+            image_id += 1
+            rel = f"{folder}/Bird_{cls}_{k}.jpg"
+            write_jpeg(str(root / "images" / rel), image_id)
+            images.append(f"{image_id} {rel}")
+            labels.append(f"{image_id} {cls}")
+            box_lines.append(f"{image_id} {2 + k}.6 3.4 {30 + k}.0 40.0")  # y + h past the edge
+    (root / "images.txt").write_text("\n".join(images) + "\n")
+    (root / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
+    (root / "classes.txt").write_text("\n".join(names) + "\n")
+    if boxes:
+        (root / "bounding_boxes.txt").write_text("\n".join(box_lines) + "\n")
+
+
 @pytest.fixture(autouse=True)
 def image_check_cache(tmp_path_factory, monkeypatch):
     """Keeps the image-check cache (images.default_cache_dir) out of the home folder."""
@@ -28,23 +51,7 @@ def image_check_cache(tmp_path_factory, monkeypatch):
 def cub_dir(tmp_path_factory):
     """CUB_200_2011 with classes 99..102 (2 train, 2 test), 3 images each, inside a parent."""
     parent = tmp_path_factory.mktemp("cub_parent")
-    root = parent / "CUB_200_2011"
-    images, labels, classes, boxes = [], [], [], []
-    image_id = 0
-    for cls in (99, 100, 101, 102):
-        folder = f"{cls:03d}.Bird_{cls}"
-        classes.append(f"{cls} {folder}")
-        for k in range(3):
-            image_id += 1
-            rel = f"{folder}/Bird_{cls}_{k}.jpg"
-            write_jpeg(str(root / "images" / rel), image_id)
-            images.append(f"{image_id} {rel}")
-            labels.append(f"{image_id} {cls}")
-            boxes.append(f"{image_id} {2 + k}.6 3.4 {30 + k}.0 40.0")  # y + h past the edge
-    (root / "images.txt").write_text("\n".join(images) + "\n")
-    (root / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
-    (root / "classes.txt").write_text("\n".join(classes) + "\n")
-    (root / "bounding_boxes.txt").write_text("\n".join(boxes) + "\n")
+    write_cub_layout(parent / "CUB_200_2011", (99, 100, 101, 102), 3, boxes=True)
     return parent
 
 

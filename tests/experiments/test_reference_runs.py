@@ -10,7 +10,7 @@ import pytest
 from experiments import ensembles, protocol
 from experiments import flags as flags_lib
 from experiments.results import Embedded, FoldResult
-from tests.data_pipelines.conftest import write_jpeg
+from tests.data_pipelines.conftest import write_cub_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(ROOT, "experiments", "configs")
@@ -144,20 +144,7 @@ def test_conventional_variant_selects_on_test_stops_early_and_projects(tmp_path,
 @pytest.fixture
 def cub_fixture(tmp_path):
     """CUB_200_2011 layout: train classes 1-6, test classes 101-103, 4 JPEGs each."""
-    root = tmp_path / "CUB_200_2011"
-    images, labels, classes, image_id = [], [], [], 0
-    for cls in (1, 2, 3, 4, 5, 6, 101, 102, 103):
-        folder = f"{cls:03d}.Bird_{cls}"
-        classes.append(f"{cls} {folder}")
-        for k in range(4):
-            image_id += 1
-            rel = f"{folder}/Bird_{cls}_{k}.jpg"
-            write_jpeg(str(root / "images" / rel), image_id)
-            images.append(f"{image_id} {rel}")
-            labels.append(f"{image_id} {cls}")
-    (root / "images.txt").write_text("\n".join(images) + "\n")
-    (root / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
-    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    write_cub_layout(tmp_path / "CUB_200_2011", (1, 2, 3, 4, 5, 6, 101, 102, 103), 4)
     return tmp_path
 
 

@@ -91,16 +91,16 @@ def _proxy_term(cross_d, pos_flat, pos_valid, neg_mask, pos_margin, neg_margin):
     return value, pos_d, pos_active, pos_count, neg_active, neg_count
 
 
-def _proxy_gradients(x, raw_w, norm_w, inv_w, pos_index, pos_dots, pos_w, neg_w):
+def _proxy_gradients(x, raw_w, norm_w, inv_w, pos_index, pos_dots, pos_w, neg_w, any_negative):
     """The sample-vs-proxy part of the gradient, from ``W = d loss / d squared distance``.
 
     Args:
       x: ``[B, D]`` normalized samples; raw_w ``[P, D]`` raw proxies ``r_j`` with squared norms
         ``norm_w`` and scales ``inv_w = s_j`` (``[P, 1]``); pos_index ``[B, K]`` the positive
         proxies, ``pos_dots [B, K]`` their ``<r_j, x_i>``, ``pos_w [B, K]`` their weights;
-        neg_w: a thunk giving the negative pairs' weights ``[P, B]``, called only when some
-        negative pair is active (with C2's margin most batches have none, and the dense
-        ``[P, B]`` work of the backward pass is skipped).
+        neg_w: a thunk giving the negative pairs' weights ``[P, B]``, run (under ``tf.cond``)
+        only when the bool scalar ``any_negative`` says some negative pair is active (with
+        C2's margin most batches have none, and the dense ``[P, B]`` work is skipped).
     Returns:
       ``row_sums [B, 1]`` (``sum_j W_ij``), ``pull [B, D]`` (``sum_j W_ij w_j``) and
       ``d_raw_w [P, D]``. A proxy's gradient is linear in its pairs' weights: through SPEC §2's
@@ -136,7 +136,7 @@ def _proxy_gradients(x, raw_w, norm_w, inv_w, pos_index, pos_dots, pos_w, neg_w)
                 d_raw_w + raw_w * ((2.0 * col_sums - along) * tf.square(inv_w))
                 - v * (2.0 * inv_w))
 
-    return with_negatives, (row_sums, pull, d_raw_w)
+    return tf.cond(any_negative, with_negatives, lambda: (row_sums, pull, d_raw_w))
 
 
 def fused_contrastive_ccp(labels, embeddings, proxies, proxies_per_class, pos_margin,
@@ -189,13 +189,12 @@ def fused_contrastive_ccp(labels, embeddings, proxies, proxies_per_class, pos_ma
             proxy_scale = proxy_weight * d_loss + (0.0 if d_proxy is None else d_proxy)
             batch_w = pair_scale * pair_weights
             batch_w = batch_w + tf.transpose(batch_w)  # x is both query and reference
-            with_negatives, without = _proxy_gradients(
+            row_sums, pull, d_raw_w = _proxy_gradients(
                 x, raw_w, norm_w, inv_w, pos_index,
                 tf.gather(tf.reshape(dots, [-1]), pos_flat),
                 _hinge_weights(pos_active, pos_count, pos_d, proxy_scale),
-                lambda: _hinge_weights(neg_active, neg_count, cross_d, -proxy_scale))
-            row_sums, pull, d_raw_w = tf.cond(neg_count > 0.5, with_negatives,
-                                              lambda: without)
+                lambda: _hinge_weights(neg_active, neg_count, cross_d, -proxy_scale),
+                neg_count > 0.5)
             grad_x = 2.0 * (x * (row_sums + tf.reduce_sum(batch_w, axis=1, keepdims=True))
                             - tf.matmul(batch_w, x) - pull)
             along_x = tf.reduce_sum(x * grad_x, axis=1, keepdims=True)

@@ -97,9 +97,10 @@ def _previous_functions(tf):
     return lipschitz, ccp_loss
 
 
-def _loss_pair(args, tf, losses, previous_ccp, dense):
-    """``(ours, previous, bank)``: two ``tf.function`` s of the value and the gradients w.r.t.
-    the embeddings and the proxy bank, on the (``dense``) problem."""
+def _loss_functions(args, tf, losses, previous_ccp, dense):
+    """``({"ccp", "ccp_xla", "previous"}: tf.function, bank)``: the value and the gradients
+    w.r.t. the embeddings and the proxy bank ``bank``, on the (``dense``) problem; ``ccp_xla``
+    is the library's function compiled by XLA."""
     labels, embeddings, proxies, proxy_labels = _problem(args, dense)
     layer = losses.CCPLoss(losses.ContrastiveLoss(0.0, 0.5), args.num_classes, args.dim,
                            proxies_per_class=args.proxies_per_class)
@@ -114,9 +115,6 @@ def _loss_pair(args, tf, losses, previous_ccp, dense):
             loss = layer(labels_t, x_t)
         return (loss, *tape.gradient(loss, [x_t, bank]))
 
-    ours = tf.function(ours_body)
-    ours.xla = tf.function(ours_body, jit_compile=True)
-
     @tf.function
     def previous():
         with tf.GradientTape() as tape:
@@ -124,7 +122,8 @@ def _loss_pair(args, tf, losses, previous_ccp, dense):
             loss = previous_ccp(labels_t, x_t, tf.convert_to_tensor(bank), proxy_labels_t)
         return (loss, *tape.gradient(loss, [x_t, bank]))
 
-    return ours, previous, bank
+    return {"ccp": tf.function(ours_body), "ccp_xla": tf.function(ours_body, jit_compile=True),
+            "previous": previous}, bank
 
 
 def _tf_variants(args):
@@ -136,11 +135,9 @@ def _tf_variants(args):
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     previous_lipschitz, previous_ccp = _previous_functions(tf)
-    ours, previous, bank = _loss_pair(args, tf, losses, previous_ccp, dense=False)
-    ours_dense, previous_dense, _ = _loss_pair(args, tf, losses, previous_ccp, dense=True)
-    proxies = _problem(args)[2]
-
-    cotangent = tf.constant(np.random.default_rng(1).normal(size=proxies.shape), tf.float32)
+    functions, bank = _loss_functions(args, tf, losses, previous_ccp, dense=False)
+    dense, _ = _loss_functions(args, tf, losses, previous_ccp, dense=True)
+    cotangent = tf.constant(np.random.default_rng(1).normal(size=bank.shape), tf.float32)
 
     def lipschitz_of(fn):
         @tf.function
@@ -150,12 +147,13 @@ def _tf_variants(args):
             return value, tape.gradient(value, bank, output_gradients=cotangent)
         return run
 
-    variants = {"ccp": ours, "ccp_xla": ours.xla, "previous": previous, "ccp_dense": ours_dense,
-                "previous_dense": previous_dense,
+    variants = {**functions, "ccp_dense": dense["ccp"], "previous_dense": dense["previous"],
                 "lipschitz": lipschitz_of(lipschitz_l2_normalize),
                 "lipschitz_previous": lipschitz_of(previous_lipschitz)}
     # Same numbers: the library's value and gradients equal the previous implementation's.
-    for new_fn, old_fn in ((ours, previous), (ours.xla, previous), (ours_dense, previous_dense)):
+    for new_fn, old_fn in ((functions["ccp"], functions["previous"]),
+                           (functions["ccp_xla"], functions["previous"]),
+                           (dense["ccp"], dense["previous"])):
         for a, b in zip(new_fn(), old_fn()):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4,
                                        atol=1e-6 * max(1.0, float(np.abs(b.numpy()).max())))

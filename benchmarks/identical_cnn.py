@@ -28,15 +28,19 @@ def fixed_batch():
     return images, labels
 
 
-def keras_cnn(keras, seed=0):
-    """The CNN as a functional Keras model: ``[B, 64, 64, 3] -> [B, 128]``."""
+def keras_cnn(keras, batchnorm, seed=0):
+    """The CNN as a functional Keras model: ``[B, 64, 64, 3] -> [B, 128]``.
+
+    ``batchnorm``: the BatchNorm layer class, ``ccp.layers.FusedBatchNormalization`` (what
+    ccp's models use) or ``keras.layers.BatchNormalization`` (same arithmetic, unfused ops).
+    """
     keras.utils.set_random_seed(seed)
     layers = keras.layers
     inputs = keras.Input([IMAGE_SIZE, IMAGE_SIZE, 3])
     x = inputs
     for width in WIDTHS:
         x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
+        x = batchnorm(momentum=0.9, epsilon=1e-5)(x)
         x = layers.ReLU()(x)
         x = layers.MaxPooling2D(2)(x)
     x = layers.GlobalAveragePooling2D()(x)
@@ -48,9 +52,17 @@ def c2_loss(ccp):
     return ccp.losses.ContrastiveLoss(pos_margin=POS_MARGIN, neg_margin=NEG_MARGIN)
 
 
-def trainer(ccp, keras, steps_per_execution=1, jit_compile=False):
+def batchnorm_class(ccp, keras, keras_batchnorm=False):
+    """The runs' BatchNorm layer: ccp's fused one, or Keras' own with ``keras_batchnorm``."""
+    if keras_batchnorm:
+        return keras.layers.BatchNormalization
+    return ccp.layers.FusedBatchNormalization
+
+
+def trainer(ccp, keras, steps_per_execution=1, jit_compile=False, keras_batchnorm=False):
     """ccp.training.Trainer on the CNN: C2 (0, 0.5), Adam 1e-5, no weight decay, no clipping."""
-    model, loss = keras_cnn(keras), c2_loss(ccp)
+    model = keras_cnn(keras, batchnorm_class(ccp, keras, keras_batchnorm))
+    loss = c2_loss(ccp)
     optimization = ccp.training.build_optimization(
         model, loss, learning_rate=LEARNING_RATE, weight_decay=0.0, clip_norm=0.0,
         clip_value=0.0)
@@ -96,6 +108,15 @@ def ratio(name, ours, baseline):
                   / statistics.median(o[index] for o in ours))
         parts.append(f"{kind} {median:.3f} ({min(pairs):.3f}-{max(pairs):.3f})")
     return f"  {name}: speed ratio (steps/s) " + ", ".join(parts) + "; target >= 1.0"
+
+
+def tensorflow_setup(tf, keras_batchnorm=False):
+    """One phrase for a report header: TF version, CPU kernels (oneDNN or Eigen) and BatchNorm."""
+    import os
+
+    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset")
+    norm = "keras.layers.BatchNormalization" if keras_batchnorm else "ccp FusedBatchNormalization"
+    return f"TF {tf.__version__}, TF_ENABLE_ONEDNN_OPTS={onednn}, {norm}"
 
 
 def set_threads(tf, threads, inter_op_threads=None):

@@ -141,10 +141,9 @@ def benchmark_projection(tf, ccp):
 def main(argv):
     del argv
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import ccp  # before TensorFlow: ccp.prefer_onednn
     import keras
     import tensorflow as tf
-
-    import ccp
 
     keras.mixed_precision.set_global_policy(FLAGS.precision)
     if FLAGS.train_step:

@@ -50,7 +50,7 @@ def fit_model(keras, tf, ccp, steps_per_execution):
             self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             return {"loss": loss}
 
-    model = FitModel(cnn.keras_cnn(keras), cnn.c2_loss(ccp))
+    model = FitModel(cnn.keras_cnn(keras, cnn.batchnorm_class(ccp, keras)), cnn.c2_loss(ccp))
     model.compile(optimizer=keras.optimizers.Adam(cnn.LEARNING_RATE),
                   steps_per_execution=steps_per_execution, jit_compile=False)
     return model
@@ -66,10 +66,9 @@ def time_fit(model, dataset, steps):
 
 def main(argv):
     del argv
+    import ccp  # before TensorFlow: ccp.prefer_onednn
     import keras
     import tensorflow as tf
-
-    import ccp
 
     cnn.set_threads(tf, FLAGS.threads)
     dataset = cnn.dataset(tf)
@@ -91,7 +90,7 @@ def main(argv):
             times[name].append(run(FLAGS.steps))
     print(f"identical CNN, batch {cnn.CLASSES_PER_BATCH}x{cnn.SAMPLES_PER_CLASS} at "
           f"{cnn.IMAGE_SIZE}px, ccp C2 ({cnn.POS_MARGIN}, {cnn.NEG_MARGIN}), Adam "
-          f"{cnn.LEARNING_RATE}, threads={FLAGS.threads}, TF {tf.__version__}, "
+          f"{cnn.LEARNING_RATE}, threads={FLAGS.threads}, {cnn.tensorflow_setup(tf)}, "
           f"Keras {keras.__version__}")
     for name, samples in times.items():
         print(cnn.report(name, samples))

@@ -106,14 +106,14 @@ def main(argv):
     del argv
     from absl import flags
 
+    import ccp  # before TensorFlow: ccp.prefer_onednn
     import keras
     import tensorflow as tf
 
-    import ccp
-
     FLAGS = flags.FLAGS
     cnn.set_threads(tf, FLAGS.threads, FLAGS.tf_inter_op_threads)
-    trainer = cnn.trainer(ccp, keras, FLAGS.steps_per_execution, FLAGS.jit_compile)
+    trainer = cnn.trainer(ccp, keras, FLAGS.steps_per_execution, FLAGS.jit_compile,
+                          FLAGS.keras_batchnorm)
     iterator = trainer.distribute(cnn.dataset(tf))
     torch_side = TorchSide(FLAGS.threads) if _has_baselines() else None
     cnn.time_trainer(trainer, iterator, FLAGS.warmup_steps)
@@ -132,7 +132,8 @@ def main(argv):
           f"{cnn.LEARNING_RATE}, threads={FLAGS.threads}, steps/call="
           f"{FLAGS.steps_per_execution}, jit_compile={FLAGS.jit_compile}, TF inter-op threads="
           f"{FLAGS.tf_inter_op_threads or FLAGS.threads}, "
-          f"TF {tf.__version__}" + (f", {torch_side.banner[6:]}" if torch_side else ""))
+          f"{cnn.tensorflow_setup(tf, FLAGS.keras_batchnorm)}"
+          + (f", {torch_side.banner[6:]}" if torch_side else ""))
     for name, samples in times.items():
         print(cnn.report(name, samples))
     if torch_side is None:
@@ -157,4 +158,6 @@ if __name__ == "__main__":
                              "--threads intra-op threads.")
         flags.DEFINE_integer("steps_per_execution", 1, "Trainer steps per tf.function call.")
         flags.DEFINE_bool("jit_compile", False, "XLA-compile the Trainer's replica step.")
+        flags.DEFINE_bool("keras_batchnorm", False, "keras.layers.BatchNormalization instead "
+                          "of ccp.layers.FusedBatchNormalization (same arithmetic, unfused).")
         app.run(main)

@@ -6,10 +6,14 @@ Submodules are imported on first attribute access so that ``import ccp`` stays c
 
 ccp runs on Keras 3 with the TensorFlow backend only; importing ccp under another backend
 (``KERAS_BACKEND`` or the ``backend`` entry of ``keras.json``) fails at once with a message.
+
+Importing ccp before TensorFlow (or Keras) turns on TensorFlow's oneDNN CPU kernels
+(``TF_ENABLE_ONEDNN_OPTS=1``) unless the variable is already set: see ``prefer_onednn``.
 """
 import importlib
 import json
 import os
+import sys
 
 __version__ = "0.1.0"
 
@@ -59,7 +63,31 @@ def _check_keras_backend():
         )
 
 
+def prefer_onednn(environ=None, modules=None):
+    """Sets ``TF_ENABLE_ONEDNN_OPTS=1`` if TensorFlow is not loaded yet and the user chose nothing.
+
+    TensorFlow's x86 wheels turn their oneDNN CPU kernels on by themselves only on CPUs with
+    AVX512-VNNI/AMX (Cascade Lake and newer Xeons); elsewhere (AVX2 machines, most laptops and
+    cloud VMs) the default Eigen kernels run a small CNN's training step 1.3x slower
+    (BENCHMARKS.md, "Trainer vs keras.Model.fit and vs PyTorch"). TensorFlow reads the variable
+    once, when it loads: a value set afterwards has no effect, which is why ccp sets it on
+    import. An explicit ``TF_ENABLE_ONEDNN_OPTS`` (``0`` or ``1``) is never overridden. GPU and
+    TPU kernels are not affected; CPU results may differ from the Eigen kernels' in the last
+    bits (still the same numbers for the same seed, run after run).
+
+    Returns:
+      True if the variable was set here.
+    """
+    environ = os.environ if environ is None else environ
+    modules = sys.modules if modules is None else modules
+    if "tensorflow" in modules or "TF_ENABLE_ONEDNN_OPTS" in environ:
+        return False
+    environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    return True
+
+
 _check_keras_backend()
+prefer_onednn()
 
 
 def __getattr__(name):

@@ -3,6 +3,8 @@
 - ``LipschitzL2Normalization``: ``n(x) = x / max(||x||, 1)`` with the custom gradient of the
   paper's §4.4 (SPEC §2).
 - ``GlobalPooling``: global average, max, or their sum over the spatial axes (SPEC §1).
+- ``FusedBatchNormalization``: ``keras.layers.BatchNormalization`` with the same weights and
+  arithmetic, run by TensorFlow's fused kernel (one op forward, one backward) on 4-D inputs.
 - ``sublayers`` / ``batchnorm_layers``: layer traversal shared by the models and the trainer.
 """
 import keras
@@ -50,6 +52,64 @@ class LipschitzL2Normalization(keras.layers.Layer):
 
 
 POOLING_MODES = ("avg", "max", "avg+max")
+
+
+@keras.saving.register_keras_serializable(package="ccp")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` computed by TensorFlow's fused batch-norm kernel.
+
+    Keras 3 normalizes with separate ops (moments, then ``tf.nn.batch_normalization``) and
+    differentiates through each; the fused kernel (``FusedBatchNormV3`` and its gradient op)
+    does the same arithmetic in one pass each way: about 18 % of a small CNN's CPU step with
+    oneDNN on (BENCHMARKS.md), and it is the kernel cuDNN and XLA specialise.
+
+    Same layer, same semantics: the same weights (``gamma``, ``beta``, ``moving_mean``,
+    ``moving_variance``, so checkpoints and ``isinstance(layer, keras.layers.BatchNormalization)``
+    carry over), the same batch statistics (biased variance for the normalization *and* for the
+    moving average, as Keras 3 does: the kernel's Bessel-corrected variance is scaled back by
+    ``(n - 1) / n``), the same update ``moving = moving * momentum + batch * (1 - momentum)``,
+    inference mode when ``training`` is false or the layer is frozen (``trainable=False``), and
+    float32 arithmetic for float16/bfloat16 inputs. Inputs the fused kernel does not cover (not
+    4-D, the channel axis neither last nor second, a mask, ``renorm``, ``synchronized``) go
+    through Keras' own implementation.
+
+    Input ``[B, H, W, C]`` (or ``[B, C, H, W]`` with ``axis=1``) -> output of the same shape.
+    """
+
+    def _fused_data_format(self, inputs):
+        """"NHWC" / "NCHW" where the fused kernel computes this layer, else None."""
+        if len(inputs.shape) != 4 or self.renorm or self.synchronized:
+            return None
+        return {3: "NHWC", 1: "NCHW"}.get(self.axis % 4)
+
+    def call(self, inputs, training=None, mask=None):
+        data_format = self._fused_data_format(inputs)
+        if mask is not None or data_format is None:
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, "float32")
+        channels = x.shape[3 if data_format == "NHWC" else 1]
+        gamma = (tf.cast(self.gamma, "float32") if self.scale
+                 else tf.ones([channels], "float32"))
+        beta = (tf.cast(self.beta, "float32") if self.center
+                else tf.zeros([channels], "float32"))
+        if training and self.trainable:
+            outputs, mean, corrected_variance = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, epsilon=self.epsilon, data_format=data_format,
+                is_training=True)
+            count = tf.cast(tf.size(x) // channels, "float32")
+            variance = corrected_variance * ((count - 1.0) / tf.maximum(count, 1.0))
+            momentum = self.momentum
+            self.moving_mean.assign(
+                tf.cast(self.moving_mean, "float32") * momentum + mean * (1.0 - momentum))
+            self.moving_variance.assign(
+                tf.cast(self.moving_variance, "float32") * momentum
+                + variance * (1.0 - momentum))
+        else:
+            outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, mean=tf.cast(self.moving_mean, "float32"),
+                variance=tf.cast(self.moving_variance, "float32"), epsilon=self.epsilon,
+                data_format=data_format, is_training=False)
+        return tf.cast(outputs, self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="ccp")

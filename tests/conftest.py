@@ -7,6 +7,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import ccp  # noqa: E402,F401  (before TensorFlow: the product's CPU kernels, ccp.prefer_onednn)
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")

@@ -40,6 +40,8 @@ import h5py
 import keras
 import numpy as np
 
+from ccp import layers
+
 BN_EPSILON = 1e-5
 # PyTorch's BatchNorm momentum 0.1 is Keras' 0.9 (moving = 0.9 * moving + 0.1 * batch).
 BN_MOMENTUM = 0.9
@@ -117,8 +119,8 @@ def _conv_bn_relu(x, filters, kernel, name, stride=1, pad=0, bn_epsilon=BN_EPSIL
     if pad:
         x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
     x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="valid", name=name)(x)
-    x = keras.layers.BatchNormalization(epsilon=bn_epsilon, momentum=BN_MOMENTUM,
-                                        name=f"{name}_bn")(x)
+    x = layers.FusedBatchNormalization(epsilon=bn_epsilon, momentum=BN_MOMENTUM,
+                                       name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -288,7 +290,7 @@ def _bn_epsilons(config):
     """Every BatchNormalization ``epsilon`` in a Keras model config (nested models too)."""
     found = []
     if isinstance(config, dict):
-        if config.get("class_name") == "BatchNormalization":
+        if config.get("class_name") in ("BatchNormalization", "FusedBatchNormalization"):
             found.append(float(config.get("config", {}).get("epsilon", 1e-3)))
         for value in config.values():
             found += _bn_epsilons(value)

@@ -215,3 +215,28 @@ def test_ccp_refuses_a_non_tensorflow_keras_backend(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode != 0
     assert "ccp needs the TensorFlow backend of Keras 3" in out.stderr and "'torch'" in out.stderr
+
+
+def test_ccp_turns_on_onednn_only_before_tensorflow_and_never_over_a_choice():
+    import ccp
+
+    environ = {}
+    assert ccp.prefer_onednn(environ, modules={}) and environ == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    for chosen in ("0", "1"):
+        environ = {"TF_ENABLE_ONEDNN_OPTS": chosen}
+        assert not ccp.prefer_onednn(environ, modules={})
+        assert environ == {"TF_ENABLE_ONEDNN_OPTS": chosen}
+    environ = {}
+    assert not ccp.prefer_onednn(environ, modules={"tensorflow": object()}) and environ == {}
+    # The real effect, in fresh interpreters: TensorFlow loaded after ccp runs its oneDNN
+    # kernels; an explicit 0 keeps them off.
+    probe = ("import ccp, tensorflow; from tensorflow.python.util import _pywrap_util_port as p;"
+             " print('onednn', p.IsMklEnabled())")
+    for value, expected in ((None, "onednn True"), ("0", "onednn False")):
+        env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+        if value is not None:
+            env["TF_ENABLE_ONEDNN_OPTS"] = value
+        out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env,
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip().splitlines()[-1] == expected

@@ -17,6 +17,8 @@ itself:
 
 Measured while writing the test (seed 0, 2-core CPU shared with other jobs; the code broken
 once each by a local edit, then restored): untrained 1.02 %. Healthy: 4.28 % (seed 1: 4.15 %);
+with oneDNN's kernels, the fused BatchNorm and the XLA-compiled loss (2026-11-30): 3.45 %
+(seed 1: 3.70 %), the same arithmetic in another float32 order;
 every proxy within 2e-7 of an own-class training embedding, a class's picks at least 0.06
 apart (median distance between training embeddings ~0.2).
 - the loss (the fused C2-CCP's hand-written gradient negated: training climbs the loss):
@@ -33,8 +35,8 @@ apart (median distance between training embeddings ~0.2).
   6.32 %, NOT caught by 1 (better than healthy: in this short run a healthy mid-run projection
   costs MAP@R), caught by 2 (nearest own-class image 1.5 to 1.9 away).
 So check 2 is the projection's test; 1's margin over the broken projections is too thin to
-rely on. The bar of 1, untrained + ``MIN_GAIN`` = 3.02 %, sits between the caught loss and
-sampler breakages and the healthy seeds.
+rely on. The bar of 1, untrained + ``MIN_GAIN`` = 2.02 %, sits between the caught loss and
+sampler breakages (<= 1.22 %) and the healthy seeds (>= 3.45 %), a point from each.
 """
 import json
 import os
@@ -47,8 +49,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = 0
 # Trained test MAP@R must exceed the untrained one by this much (absolute, in [0, 1]): above the
-# gains of the broken loss and sampler (<= 0.002), below the healthy gains (0.031-0.033).
-MIN_GAIN = 0.02
+# gains of the broken loss and sampler (<= 0.002), below the healthy gains (0.024-0.033).
+MIN_GAIN = 0.01
 NUM_TRAIN_CLASSES, PROXIES_PER_CLASS, EMBEDDING_SIZE = 202, 4, 128
 STEPS_PER_EPOCH, PROJECTION_STEP = 60, 120
 PROJECTION_EPOCH = PROJECTION_STEP // STEPS_PER_EPOCH  # its checkpoint: "ckpt-2"

@@ -91,16 +91,16 @@ def _proxy_term(cross_d, pos_flat, pos_valid, neg_mask, pos_margin, neg_margin):
     return value, pos_d, pos_active, pos_count, neg_active, neg_count
 
 
-def _proxy_gradients(x, raw_w, norm_w, inv_w, pos_index, pos_dots, pos_w, neg_w, any_negative):
+def _proxy_gradients(x, raw_w, norm_w, inv_w, pos_index, pos_dots, pos_w, neg_w, negatives):
     """The sample-vs-proxy part of the gradient, from ``W = d loss / d squared distance``.
 
     Args:
       x: ``[B, D]`` normalized samples; raw_w ``[P, D]`` raw proxies ``r_j`` with squared norms
         ``norm_w`` and scales ``inv_w = s_j`` (``[P, 1]``); pos_index ``[B, K]`` the positive
         proxies, ``pos_dots [B, K]`` their ``<r_j, x_i>``, ``pos_w [B, K]`` their weights;
-        neg_w: a thunk giving the negative pairs' weights ``[P, B]``, run (under ``tf.cond``)
-        only when the bool scalar ``any_negative`` says some negative pair is active (with
-        C2's margin most batches have none, and the dense ``[P, B]`` work is skipped).
+        neg_w: a thunk giving the negative pairs' weights ``[P, B]``, called only when the
+        Python bool ``negatives`` asks for the negative pairs' part (dense ``[P, B]`` work;
+        with C2's margin most batches have no active negative pair, and the caller skips it).
     Returns:
       ``row_sums [B, 1]`` (``sum_j W_ij``), ``pull [B, D]`` (``sum_j W_ij w_j``) and
       ``d_raw_w [P, D]``. A proxy's gradient is linear in its pairs' weights: through SPEC §2's
@@ -122,21 +122,20 @@ def _proxy_gradients(x, raw_w, norm_w, inv_w, pos_index, pos_dots, pos_w, neg_w,
         tf.reshape(alpha[:, :, None] * pos_r + beta[:, :, None] * x[:, None, :], [-1, dim]),
         tf.reshape(pos_index, [-1]), num_proxies)
 
-    def with_negatives():
-        weights = neg_w()
-        col_sums = tf.reduce_sum(weights, axis=1, keepdims=True)
-        v = tf.matmul(weights, x)  # [P, D]
-        # d r_j = r_j (2 c_j - <u_j, g_j>) s_j^2 - 2 s_j v_j, with g_j = 2 (r_j s_j c_j - v_j)
-        # and <u_j, g_j> = 2 (|r_j|^2 c_j s_j^2 - <r_j, v_j> s_j) outside the ball, else 0.
-        along = 2.0 * (norm_w * col_sums * tf.square(inv_w)
-                       - tf.reduce_sum(raw_w * v, axis=1, keepdims=True) * inv_w)
-        along = tf.where(norm_w > 1.0, along, tf.zeros_like(along))
-        return (row_sums + tf.transpose(tf.reduce_sum(weights, axis=0, keepdims=True)),
-                pull + tf.matmul(weights * inv_w, raw_w, transpose_a=True),
-                d_raw_w + raw_w * ((2.0 * col_sums - along) * tf.square(inv_w))
-                - v * (2.0 * inv_w))
-
-    return tf.cond(any_negative, with_negatives, lambda: (row_sums, pull, d_raw_w))
+    if not negatives:
+        return row_sums, pull, d_raw_w
+    weights = neg_w()
+    col_sums = tf.reduce_sum(weights, axis=1, keepdims=True)
+    v = tf.matmul(weights, x)  # [P, D]
+    # d r_j = r_j (2 c_j - <u_j, g_j>) s_j^2 - 2 s_j v_j, with g_j = 2 (r_j s_j c_j - v_j)
+    # and <u_j, g_j> = 2 (|r_j|^2 c_j s_j^2 - <r_j, v_j> s_j) outside the ball, else 0.
+    along = 2.0 * (norm_w * col_sums * tf.square(inv_w)
+                   - tf.reduce_sum(raw_w * v, axis=1, keepdims=True) * inv_w)
+    along = tf.where(norm_w > 1.0, along, tf.zeros_like(along))
+    return (row_sums + tf.transpose(tf.reduce_sum(weights, axis=0, keepdims=True)),
+            pull + tf.matmul(weights * inv_w, raw_w, transpose_a=True),
+            d_raw_w + raw_w * ((2.0 * col_sums - along) * tf.square(inv_w))
+            - v * (2.0 * inv_w))
 
 
 def _lipschitz_backward(grad, x, norm, inv):
@@ -148,13 +147,17 @@ def _lipschitz_backward(grad, x, norm, inv):
 
 
 def _c2_ccp_value_and_gradients(labels, raw_x, raw_w, proxies_per_class, pos_margin,
-                                neg_margin, pair_weight, proxy_weight):
+                                neg_margin, pair_weight, proxy_weight, negatives):
     """The values of :func:`fused_contrastive_ccp` and the gradients of its two terms.
 
+    Args:
+      negatives: Python bool; False leaves the negative sample-vs-proxy pairs out of the
+        gradients (exact when none is inside the margin, which ``any_negative`` reports).
     Returns:
       ``(loss, pair, proxy, d pair / d raw_x [B, D], d proxy / d raw_x [B, D],
-      d proxy / d raw_w [P, D])``. The pair term does not depend on the proxies, and each
-      gradient is linear in the upstream one, so these three tensors give every gradient.
+      d proxy / d raw_w [P, D], any_negative)``. The pair term does not depend on the
+      proxies, and each gradient is linear in the upstream one, so these three tensors give
+      every gradient; ``any_negative``: bool scalar, some negative pair is active.
     """
     pair_pos, pair_neg = (tf.cast(m, tf.float32) for m in ops.pair_masks(labels))
     pos_index, pos_valid, pos_flat, neg_mask = _proxy_pairs(labels, tf.shape(raw_w)[0],
@@ -182,15 +185,17 @@ def _c2_ccp_value_and_gradients(labels, raw_x, raw_w, proxies_per_class, pos_mar
     row_sums, pull, d_raw_w = _proxy_gradients(
         x, raw_w, norm_w, inv_w, pos_index, tf.gather(tf.reshape(dots, [-1]), pos_flat),
         _hinge_weights(pos_active, pos_count, pos_d, 1.0),
-        lambda: _hinge_weights(neg_active, neg_count, cross_d, -1.0), neg_count > 0.5)
+        lambda: _hinge_weights(neg_active, neg_count, cross_d, -1.0), negatives)
     grad_proxy = 2.0 * (x * row_sums - pull)
     return (loss, pair, proxy, _lipschitz_backward(grad_pair, x, norm_x, inv_x),
-            _lipschitz_backward(grad_proxy, x, norm_x, inv_x), d_raw_w)
+            _lipschitz_backward(grad_proxy, x, norm_x, inv_x), d_raw_w, neg_count > 0.5)
 
 
-# One XLA computation for the values and the gradients: in graph mode TensorFlow runs the ~150
-# small ops one by one (about 1.8 ms on 2 CPU cores for B = 32 against 800 proxies), XLA fuses
-# them (about 1.0 ms, BENCHMARKS.md). Traced per shape and per hyperparameter set.
+# One XLA computation for the values and the gradients: TensorFlow's graph executor runs the
+# ~150 small ops one by one, XLA fuses them (BENCHMARKS.md, "CCP loss forward + backward").
+# Traced per shape and per hyperparameter set. The negative pairs' dense part is a second
+# program chosen by a graph-level tf.cond, not an XLA conditional inside the first: on the CPU
+# the conditional alone cost more than the rest of the gradient.
 _c2_ccp_compiled = tf.function(_c2_ccp_value_and_gradients, jit_compile=True)
 
 
@@ -209,9 +214,10 @@ def fused_contrastive_ccp(labels, embeddings, proxies, proxies_per_class, pos_ma
     proxy counts only inside the margin, so the dense negative part of the gradient runs only
     when some negative pair is active (same numbers either way).
 
-    The values and the gradients of both terms are computed together in one XLA-compiled
+    The values and the gradients of both terms are computed together by one XLA-compiled
     function (the gradient costs a fraction of the forward pass, and one compiled call beats
-    two); the backward pass only scales them by the upstream gradients.
+    two), which a second compiled call with the negative pairs' part replaces when one is
+    active; the backward pass only scales them by the upstream gradients.
 
     Args:
       labels: int32 ``[B]`` (< 0: padding); embeddings: float32 raw ``[B, D]``.
@@ -225,8 +231,12 @@ def fused_contrastive_ccp(labels, embeddings, proxies, proxies_per_class, pos_ma
 
     @tf.custom_gradient
     def run(raw_x, raw_w):
-        loss, pair, proxy, d_pair_x, d_proxy_x, d_proxy_w = _c2_ccp_compiled(
-            labels, raw_x, raw_w, *hyperparameters)
+        loss, pair, proxy, *gradients, any_negative = _c2_ccp_compiled(
+            labels, raw_x, raw_w, *hyperparameters, False)
+        d_pair_x, d_proxy_x, d_proxy_w = tf.cond(
+            any_negative,
+            lambda: _c2_ccp_compiled(labels, raw_x, raw_w, *hyperparameters, True)[3:6],
+            lambda: tuple(gradients))
 
         def grad(d_loss, d_pair=None, d_proxy=None):
             pair_scale = pair_weight * d_loss + (0.0 if d_pair is None else d_pair)

@@ -6,6 +6,7 @@ PyTorch's defaults (momentum 0.1 = Keras 0.9, epsilon 1e-5) so both sides comput
 thing. The batch is one fixed 8 classes x 4 images batch at 64 px (the same numbers on every
 side: numpy seed 0), repeated.
 """
+import os
 import statistics
 import time
 
@@ -59,9 +60,10 @@ def batchnorm_class(ccp, keras, keras_batchnorm=False):
     return ccp.layers.FusedBatchNormalization
 
 
-def trainer(ccp, keras, steps_per_execution=1, jit_compile=False, keras_batchnorm=False):
-    """ccp.training.Trainer on the CNN: C2 (0, 0.5), Adam 1e-5, no weight decay, no clipping."""
-    model = keras_cnn(keras, batchnorm_class(ccp, keras, keras_batchnorm))
+def trainer(ccp, keras, steps_per_execution=1, jit_compile=False, batchnorm=None):
+    """ccp.training.Trainer on the CNN: C2 (0, 0.5), Adam 1e-5, no weight decay, no clipping;
+    ``batchnorm``: the BatchNorm layer class (default: ``batchnorm_class``'s fused one)."""
+    model = keras_cnn(keras, batchnorm or batchnorm_class(ccp, keras))
     loss = c2_loss(ccp)
     optimization = ccp.training.build_optimization(
         model, loss, learning_rate=LEARNING_RATE, weight_decay=0.0, clip_norm=0.0,
@@ -110,13 +112,12 @@ def ratio(name, ours, baseline):
     return f"  {name}: speed ratio (steps/s) " + ", ".join(parts) + "; target >= 1.0"
 
 
-def tensorflow_setup(tf, keras_batchnorm=False):
-    """One phrase for a report header: TF version, CPU kernels (oneDNN or Eigen) and BatchNorm."""
-    import os
-
+def tensorflow_setup(tf, batchnorm):
+    """One phrase for a report header: TF version, CPU kernels (oneDNN or Eigen) and the
+    BatchNorm layer class ``batchnorm``."""
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset")
-    norm = "keras.layers.BatchNormalization" if keras_batchnorm else "ccp FusedBatchNormalization"
-    return f"TF {tf.__version__}, TF_ENABLE_ONEDNN_OPTS={onednn}, {norm}"
+    package = batchnorm.__module__.split(".")[0]
+    return f"TF {tf.__version__}, TF_ENABLE_ONEDNN_OPTS={onednn}, {package} {batchnorm.__name__}"
 
 
 def set_threads(tf, threads, inter_op_threads=None):

@@ -90,7 +90,8 @@ def main(argv):
             times[name].append(run(FLAGS.steps))
     print(f"identical CNN, batch {cnn.CLASSES_PER_BATCH}x{cnn.SAMPLES_PER_CLASS} at "
           f"{cnn.IMAGE_SIZE}px, ccp C2 ({cnn.POS_MARGIN}, {cnn.NEG_MARGIN}), Adam "
-          f"{cnn.LEARNING_RATE}, threads={FLAGS.threads}, {cnn.tensorflow_setup(tf)}, "
+          f"{cnn.LEARNING_RATE}, threads={FLAGS.threads}, "
+          f"{cnn.tensorflow_setup(tf, cnn.batchnorm_class(ccp, keras))}, "
           f"Keras {keras.__version__}")
     for name, samples in times.items():
         print(cnn.report(name, samples))

@@ -112,8 +112,8 @@ def main(argv):
 
     FLAGS = flags.FLAGS
     cnn.set_threads(tf, FLAGS.threads, FLAGS.tf_inter_op_threads)
-    trainer = cnn.trainer(ccp, keras, FLAGS.steps_per_execution, FLAGS.jit_compile,
-                          FLAGS.keras_batchnorm)
+    batchnorm = cnn.batchnorm_class(ccp, keras, FLAGS.keras_batchnorm)
+    trainer = cnn.trainer(ccp, keras, FLAGS.steps_per_execution, FLAGS.jit_compile, batchnorm)
     iterator = trainer.distribute(cnn.dataset(tf))
     torch_side = TorchSide(FLAGS.threads) if _has_baselines() else None
     cnn.time_trainer(trainer, iterator, FLAGS.warmup_steps)
@@ -132,7 +132,7 @@ def main(argv):
           f"{cnn.LEARNING_RATE}, threads={FLAGS.threads}, steps/call="
           f"{FLAGS.steps_per_execution}, jit_compile={FLAGS.jit_compile}, TF inter-op threads="
           f"{FLAGS.tf_inter_op_threads or FLAGS.threads}, "
-          f"{cnn.tensorflow_setup(tf, FLAGS.keras_batchnorm)}"
+          f"{cnn.tensorflow_setup(tf, batchnorm)}"
           + (f", {torch_side.banner[6:]}" if torch_side else ""))
     for name, samples in times.items():
         print(cnn.report(name, samples))

@@ -51,17 +51,16 @@ def _problem(shape=(3, 5, 4, 6), seed=0):
 
 
 def _run(layer, x, dy, training):
-    """outputs, dx, dgamma, dbeta, moving mean, moving variance (after the call)."""
+    """outputs, dx, the gradients of the layer's trainable weights (gamma, beta where they
+    exist; none when frozen), moving mean, moving variance (after the call)."""
     x = tf.constant(x)
     with tf.GradientTape() as tape:
         tape.watch(x)
         outputs = layer(x, training=training)
-    dx, dgamma, dbeta = tape.gradient(outputs, [x, layer.gamma, layer.beta],
-                                      output_gradients=tf.constant(dy))
-    if dgamma is None:  # frozen layer: no trainable weights in the tape's view
-        dgamma = dbeta = np.zeros(x.shape[-1], np.float32)
-    return [np.asarray(v) for v in (outputs, dx, dgamma, dbeta, layer.moving_mean,
-                                    layer.moving_variance)]
+    grads = tape.gradient(outputs, [x] + layer.trainable_weights,
+                          output_gradients=tf.constant(dy))
+    return [np.asarray(v) for v in [outputs, *grads, layer.moving_mean,
+                                    layer.moving_variance]]
 
 
 def _built(layer_class, weights, shape, **kwargs):
@@ -76,6 +75,7 @@ def test_matches_the_float64_reference_value_gradients_and_moving_statistics(tra
     x, dy, weights = _problem()
     layer = _built(layers.FusedBatchNormalization, weights, x.shape)
     got = _run(layer, x, dy, training)
+    assert len(got) == 6  # gamma and beta both trainable
     expected = _numpy_batchnorm(x, *weights, dy, training)
     for name, g, e in zip(("outputs", "dx", "dgamma", "dbeta", "moving_mean",
                            "moving_variance"), got, expected):
@@ -86,7 +86,7 @@ def test_frozen_layer_runs_in_inference_mode_like_keras():
     x, dy, weights = _problem(seed=1)
     layer = _built(layers.FusedBatchNormalization, weights, x.shape)
     layer.trainable = False
-    outputs, dx, _, _, mean, variance = _run(layer, x, dy, training=True)
+    outputs, dx, mean, variance = _run(layer, x, dy, training=True)
     expected = _numpy_batchnorm(x, *weights, dy, training=False)
     np.testing.assert_allclose(outputs, expected[0], rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(dx, expected[1], rtol=2e-5, atol=2e-5)
@@ -106,21 +106,8 @@ def test_agrees_with_keras_batchnormalization(kwargs, training):
                                            kwargs.get("center", True), True, True)) if used]
     fused = _built(layers.FusedBatchNormalization, kept, x.shape, **kwargs)
     plain = _built(keras.layers.BatchNormalization, kept, x.shape, **kwargs)
-    for got, expected in zip(_run_any(fused, x, dy, training), _run_any(plain, x, dy, training)):
+    for got, expected in zip(_run(fused, x, dy, training), _run(plain, x, dy, training)):
         np.testing.assert_allclose(got, expected, rtol=3e-5, atol=3e-5)
-
-
-def _run_any(layer, x, dy, training):
-    """Like _run, for layers that may lack gamma or beta: outputs, dx, moving statistics and
-    the gradients of whatever trainable weights exist."""
-    x = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        outputs = layer(x, training=training)
-    grads = tape.gradient(outputs, [x] + layer.trainable_weights,
-                          output_gradients=tf.constant(dy))
-    return [np.asarray(v) for v in [outputs, *grads, layer.moving_mean,
-                                    layer.moving_variance]]
 
 
 @pytest.mark.parametrize("case", ["rank2", "mask", "renorm"])

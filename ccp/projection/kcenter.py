@@ -12,6 +12,11 @@ import tensorflow as tf
 def batched_squared_distances(points, centers):
     """Squared L2 distances within each class, ``relu(|p|^2 + |c|^2 - 2 p.c)``.
 
+    The expansion is one matmul (``[C, P, M]`` memory) but not exact: the same point on both
+    sides leaves a rounding residue (up to ~``4 eps |p|^2``, and the matmul kernel's blocking,
+    e.g. oneDNN's, decides its size). Where a distance must be exactly 0 use
+    :func:`batched_squared_differences` or set it (``mean_proxy_distance`` zeroes its diagonal).
+
     Args:
       points: float ``[C, P, D]``.
       centers: float ``[C, M, D]``.
@@ -22,6 +27,26 @@ def batched_squared_distances(points, centers):
     sq_centers = tf.reduce_sum(tf.square(centers), axis=-1)[:, None, :]
     cross = tf.matmul(points, centers, transpose_b=True)
     return tf.nn.relu(sq_points + sq_centers - 2.0 * cross)
+
+
+def batched_squared_differences(points, centers):
+    """Squared L2 distances within each class as ``sum_d (p_d - c_d)^2``: exactly 0 between
+    identical rows, and identical rows of ``points`` get identical distances (the same
+    element-wise ops on the same values), whatever kernel computes a matmul.
+
+    Memory ``[C, P, D]`` per center: the centers are taken one at a time when ``M`` is static.
+
+    Args:
+      points: float ``[C, P, D]``.
+      centers: float ``[C, M, D]``.
+    Returns:
+      float ``[C, P, M]``.
+    """
+    num = centers.shape[1]
+    if num is None:
+        return tf.reduce_sum(tf.square(points[:, :, None, :] - centers[:, None, :, :]), axis=-1)
+    return tf.stack([tf.reduce_sum(tf.square(points - centers[:, m:m + 1, :]), axis=-1)
+                     for m in range(num)], axis=-1)
 
 
 def _first_argmax(values):
@@ -39,7 +64,10 @@ def greedy_k_center_indices(candidates, centers, k):
     """Greedy k-center picks as indices (SPEC §5), batched over classes.
 
     ``dist_i = min_{s in centers} ||q_i - s||^2``; ``k`` times: ``i* = argmax dist`` (lowest index
-    among ties), ``dist_i <- min(dist_i, ||q_i - q_{i*}||^2)``.
+    among ties), ``dist_i <- min(dist_i, ||q_i - q_{i*}||^2)``. The distances are sums of squared
+    differences (:func:`batched_squared_differences`), so duplicate candidates tie exactly and
+    the tie goes to the lowest index on any CPU/GPU kernel (the matmul expansion leaves each copy
+    a different rounding residue, which would decide instead).
 
     Args:
       candidates: float ``[C, P, D]``, the pool of each class (``P >= k``).
@@ -73,13 +101,13 @@ def greedy_k_center_indices(candidates, centers, k):
     if centers.shape[1] == 0:
         min_dist = tf.fill(tf.shape(candidates)[:2], tf.constant(np.inf, tf.float32))
     else:
-        min_dist = tf.reduce_min(batched_squared_distances(candidates, centers), axis=-1)
+        min_dist = tf.reduce_min(batched_squared_differences(candidates, centers), axis=-1)
     picks = []
     # k is small (the proxies per class): an unrolled loop keeps shapes static for XLA/TPU.
     for _ in range(k):
         index = _first_argmax(min_dist)
         picked = tf.gather(candidates, index[:, None], batch_dims=1)  # [C, 1, D]
-        new_dist = batched_squared_distances(candidates, picked)[:, :, 0]
+        new_dist = tf.reduce_sum(tf.square(candidates - picked), axis=-1)
         min_dist = tf.minimum(min_dist, new_dist)
         picks.append(index)
     return tf.stack(picks, axis=1), min_dist
@@ -140,7 +168,10 @@ def mean_proxy_distance(proxies_by_class):
     num = proxies.shape[1]
     if num is None or num < 2:
         return tf.zeros(tf.shape(proxies)[:1], tf.float32)
-    dists = tf.sqrt(batched_squared_distances(proxies, proxies))  # [C, K, K], zero diagonal
+    # Sums of squared differences, not the |p|^2 + |c|^2 - 2 p.c expansion: that leaves a
+    # rounding residue where the distance is 0 (a self-distance of 4.8e-7 becomes 6.9e-4 after
+    # the square root); a proxy's distance to itself, or to a copy of itself, is exactly 0.
+    dists = tf.sqrt(batched_squared_differences(proxies, proxies))  # [C, K, K]
     return tf.reduce_sum(dists, axis=[1, 2]) / float(num * (num - 1))
 
 

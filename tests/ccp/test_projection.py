@@ -99,16 +99,70 @@ def test_pool_rounds_rule():
     assert projection.pool_rounds(3, 4) == 12
 
 
+def _expansion_distance_bound(a, b):
+    """Largest float32 error of ``sqrt(|a|^2 + |b|^2 - 2 a.b)`` between rows ``a [..., P, D]``
+    and ``b [..., M, D]``, from the formula (not from one machine's output).
+
+    Each of ``|a|^2``, ``|b|^2``, ``a.b`` is a float32 sum of ``D`` products: error at most
+    ``D eps`` times the sum of the magnitudes (|a|^2, |b|^2, |a||b|, any summation order, so
+    any matmul blocking / oneDNN choice), plus ``3 eps`` for the two additions and the scaling:
+    ``delta(d^2) <= (D + 3) eps (|a| + |b|)^2``; the square root halves the relative error,
+    ``delta(d) <= delta(d^2) / (2 d)`` (first order, d well away from 0 here).
+    """
+    eps = np.finfo(np.float32).eps
+    dim = a.shape[-1]
+    na = np.linalg.norm(a.astype(np.float64), axis=-1)[..., :, None]
+    nb = np.linalg.norm(b.astype(np.float64), axis=-1)[..., None, :]
+    d = np.sqrt(((a[..., :, None, :].astype(np.float64) - b[..., None, :, :]) ** 2).sum(-1))
+    return d, (dim + 3) * eps * (na + nb) ** 2 / (2.0 * np.maximum(d, 1e-3))
+
+
+def _difference_distance_rtol(dim):
+    """Relative float32 error of ``sqrt(sum_d (a_d - b_d)^2)``: each difference and square is
+    correctly rounded (``2 eps`` relative on each term), the sum of ``D`` non-negative terms adds
+    at most ``(D - 1) eps`` relative, the square root halves it and adds ``eps/2``:
+    ``<= ((D + 1) / 2 + 1) eps``, for any summation order; a mean of such distances keeps it."""
+    return ((dim + 1) / 2.0 + 1.0) * np.finfo(np.float32).eps
+
+
 def test_covering_radius_and_proxy_distance_vs_numpy():
     rng = np.random.default_rng(4)
     points = rng.normal(size=(3, 6, 4)).astype(np.float32)
     centers = rng.normal(size=(3, 2, 4)).astype(np.float32)
-    d = np.sqrt(((points[:, :, None] - centers[:, None]) ** 2).sum(-1))
+    d, bound = _expansion_distance_bound(points, centers)
     np.testing.assert_allclose(projection.covering_radius(points, centers).numpy(),
-                               d.min(-1).max(-1), rtol=1e-5)
-    pd = np.sqrt(((centers[:, :, None] - centers[:, None]) ** 2).sum(-1))
+                               d.min(-1).max(-1), rtol=0, atol=bound.max())
+    pd = np.sqrt(((centers[:, :, None].astype(np.float64) - centers[:, None]) ** 2).sum(-1))
     np.testing.assert_allclose(projection.mean_proxy_distance(centers).numpy(),
-                               pd.sum((1, 2)) / 2, rtol=1e-5)
+                               pd.sum((1, 2)) / 2, rtol=_difference_distance_rtol(4))
+
+
+def test_mean_proxy_distance_of_identical_proxies_is_exactly_zero():
+    # Long vectors: the |p|^2 + |p|^2 - 2 p.p residue (~1e-4 after the sqrt) would show.
+    proxies = np.tile(np.random.default_rng(1).normal(size=(2, 1, 64)) * 30, (1, 3, 1))
+    np.testing.assert_array_equal(projection.mean_proxy_distance(proxies.astype(np.float32)),
+                                  np.zeros(2, np.float32))
+    rows = np.random.default_rng(2).normal(size=(1, 3, 64)).astype(np.float32) * 30
+    single = projection.mean_proxy_distance(rows).numpy()
+    d = np.sqrt(((rows[0][:, None].astype(np.float64) - rows[0][None]) ** 2).sum(-1))
+    np.testing.assert_allclose(single, [d.sum() / 6], rtol=_difference_distance_rtol(64))
+
+
+def test_greedy_k_center_duplicates_tie_to_the_lowest_index():
+    """Duplicate pool embeddings are exactly at distance 0 from each other, so SPEC's
+    lowest-index rule decides, not a matmul's rounding residue (which differs per row position
+    under oneDNN / AVX-512 blocking)."""
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=(2, 96)).astype(np.float32) * np.float32(25.0)
+    if np.sum(a.astype(np.float64) ** 2) < np.sum(b.astype(np.float64) ** 2):
+        a, b = b, a  # a is the farther from the zero cover
+    pool = np.stack([b, a, b, a, b, a, b])[None]  # [1, 7, 96]
+    cover = np.zeros((1, 1, 96), np.float32)
+    indices, min_dist = projection.greedy_k_center_indices(pool, cover, 4)
+    # a (first at index 1), then b (index 0); then every candidate is at exactly 0: index 0.
+    np.testing.assert_array_equal(indices.numpy(), [[1, 0, 0, 0]])
+    np.testing.assert_array_equal(indices.numpy(), naive_greedy_k_center(pool, cover, 4))
+    np.testing.assert_array_equal(min_dist.numpy(), np.zeros((1, 7), np.float32))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -153,7 +153,7 @@ def _pipeline_share(batch_size, input_context):
 
 def train_dataset(records, classes_per_batch=8, samples_per_class=4, seed=0, start_step=0,
                   image_size=227, min_area=0.16, flip=True, cache=False, skip_corrupt=False,
-                  input_pipeline="generator", input_context=None):
+                  input_pipeline="ingraph", input_context=None):
     """Infinite m-per-class training stream (SPEC §6), deterministic in (seed, step).
 
     Args:
@@ -164,8 +164,9 @@ def train_dataset(records, classes_per_batch=8, samples_per_class=4, seed=0, sta
       image_size: S, output side; min_area: smallest crop area fraction; flip: random h-flip.
       cache: keep the encoded image files in memory (read once, here; TFDS copies always are).
       skip_corrupt: drop corrupt files (logged) instead of raising CorruptImageError.
-      input_pipeline: a key of INPUT_PIPELINES: "generator" (the numpy sampler's sequence) or
-        "ingraph" (no Python in the graph; ingraph.py's sequence).
+      input_pipeline: a key of INPUT_PIPELINES: "ingraph" (the default: no Python in the
+        graph; ingraph.py's sequence) or "generator" (the numpy sampler's sequence through
+        from_generator; kept to reproduce runs made before the in-graph default).
       input_context: a tf.distribute.InputContext, or None. When given, this pipeline yields
         only its contiguous share of every global batch (B / num_input_pipelines examples,
         pipeline i the i-th share) and decodes only those images: use it inside

@@ -52,8 +52,9 @@ class DataConfig:
     cache_images: bool = _field(False, "Cache the encoded image files in memory (tf.data).")
     data_source: str = _field("files", "Read the data set from its files, or from a prepared "
                                        "TFDS copy in --data_dir.", registry.DATA_SOURCES)
-    input_pipeline: str = _field("generator", "Batch sampling: Python generator, or in-graph "
-                                              "(no Python op, TPU-ready).",
+    input_pipeline: str = _field("ingraph", "Batch sampling: in-graph (tf.data/TF ops only, "
+                                            "TPU-ready), or the numpy sampler through a Python "
+                                            "generator (the sequence of runs before 2026-12).",
                                  registry.INPUT_PIPELINES)
     skip_corrupt: bool = _field(False, "Skip (and list) images that do not decode instead of "
                                        "failing.")
@@ -263,6 +264,10 @@ class ProtocolConfig:
     select_on_test: bool = _field(False, "Monitor the TEST split instead of a validation fold "
                                          "(the reference's conventional configs; needs "
                                          "--folds=1).")
+    validation_classes: float = _field(0.0, "With --folds=1: the fraction of the training "
+                                            "classes (the last ones) held out as the validation "
+                                            "split of early stopping and the CCP schedule "
+                                            "(0 = none).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,7 +456,36 @@ def _combination_problems(config):
     if config.protocol.select_on_test and config.protocol.folds != 1:
         problems.append("--select_on_test monitors the test split of one model on all training "
                         f"classes: it needs --folds=1, got --folds={config.protocol.folds}")
+    problems += _validation_source_problems(config)
     problems += _tpu_problems(config)
+    return problems
+
+
+def _validation_source_problems(config):
+    """--folds=1 has no validation fold: it needs a validation source or a stated budget (a run
+    without one would train --max_epochs epochs with no early stopping and no CCP schedule)."""
+    protocol, problems = config.protocol, []
+    fraction = protocol.validation_classes
+    if not 0.0 <= fraction < 1.0:
+        return [f"--validation_classes must be in [0, 1), got {fraction}"]
+    if fraction and protocol.folds != 1:
+        return [f"--validation_classes holds out classes of the one model of --folds=1; with "
+                f"--folds={protocol.folds} each fold validates on its own class fold"]
+    if fraction and protocol.select_on_test:
+        return ["--validation_classes and --select_on_test are two validation sources: give one"]
+    if protocol.folds != 1 or fraction or protocol.select_on_test:
+        return problems
+    if config.ccp.enabled and not config.ccp.projection_every_steps:
+        problems.append(
+            "--ccp with --folds=1 has no validation split to drive its projection schedule: "
+            "give --validation_classes=0.25 (hold out a quarter of the training classes), "
+            "--select_on_test (the reference's conventional protocol) or "
+            "--ccp_projection_every_steps=N")
+    elif protocol.max_epochs == D.MAX_EPOCHS:
+        problems.append(
+            f"--folds=1 without a validation split would train --max_epochs={D.MAX_EPOCHS} "
+            "epochs with no early stopping: give --validation_classes=0.25, --select_on_test "
+            "or a smaller --max_epochs budget")
     return problems
 
 

@@ -108,8 +108,9 @@ def require_file(root, relative, dataset, layout):
     return path
 
 
-def read_rows(path, num_fields, skip_lines=0, dataset=""):
-    """Whitespace-separated rows of a text file as lists of `num_fields` strings.
+def read_numbered_rows(path, num_fields, skip_lines=0, dataset=""):
+    """``[(line number, fields)]``: whitespace-separated rows of a text file, each as a list of
+    `num_fields` strings, with its 1-based line number (for messages).
 
     The last field keeps any inner spaces (paths with spaces). Blank lines are ignored.
     Raises ValueError naming the file and line when a row has fewer fields.
@@ -128,8 +129,41 @@ def read_rows(path, num_fields, skip_lines=0, dataset=""):
                     f"{dataset}: {path} line {line_number}: expected {num_fields} "
                     f"whitespace-separated fields, got {line!r}"
                 )
-            rows.append(fields)
+            rows.append((line_number, fields))
     return rows
+
+
+def read_rows(path, num_fields, skip_lines=0, dataset=""):
+    """The fields of :func:`read_numbered_rows` without the line numbers."""
+    return [fields for _, fields in read_numbered_rows(path, num_fields, skip_lines, dataset)]
+
+
+def check_unique(keys, places, what, dataset, values=None, value_what="class"):
+    """Refuses an annotation that lists the same key twice (an image id, an image path).
+
+    Args:
+      keys: the key of each entry, in file order.
+      places: where each entry is, for messages ("/path/file.txt line 7").
+      what: the key's name ("image id"); dataset: display name.
+      values: the label of each entry, or None; a repeat with another label is called a
+        conflict (the message names both labels).
+      value_what: the label's name ("class").
+    Raises:
+      ValueError: naming the second entry's place and the first's.
+    """
+    first = {}
+    for index, key in enumerate(keys):
+        if key not in first:
+            first[key] = index
+            continue
+        earlier = first[key]
+        if values is not None and values[index] != values[earlier]:
+            detail = (f"with {value_what} {values[index]}, conflicting with {value_what} "
+                      f"{values[earlier]} at {places[earlier]}")
+        else:
+            detail = f"already at {places[earlier]}"
+        raise ValueError(f"{dataset}: {places[index]}: {what} {key} is listed twice ({detail}); "
+                         "each must be listed once: remove or correct one of the two lines")
 
 
 def parse_int(text, path, what):

@@ -66,6 +66,10 @@ def read_annotations(mat_path):
         )
     rel_paths = [str(np.squeeze(p)) for p in annotations["relative_im_path"]]
     labels = np.array([int(np.squeeze(c)) for c in annotations["class"]], dtype=np.int64)
+    # An image listed twice would land in both splits, or twice in one, with either label.
+    _layout.check_unique(rel_paths, [f"{mat_path} annotations entry {i}"
+                                     for i in range(1, len(rel_paths) + 1)],
+                         "relative_im_path", NAME, labels.tolist(), "class")
     return rel_paths, labels
 
 

@@ -118,20 +118,12 @@ def load(data_dir=None, expected=None, variant="standard", noise_seed=0, crop_to
     if not os.path.isdir(image_dir):
         raise FileNotFoundError(f"{NAME}: missing image folder {image_dir}; expected {LAYOUT}")
 
-    id_to_path = {}
-    for image_id, rel in _layout.read_rows(images_txt, 2, dataset=NAME):
-        id_to_path[_layout.parse_int(image_id, images_txt, "image id")] = rel
-    id_to_class = {}
-    for image_id, cls in _layout.read_rows(labels_txt, 2, dataset=NAME):
-        id_to_class[_layout.parse_int(image_id, labels_txt, "image id")] = _layout.parse_int(
-            cls, labels_txt, "class id"
-        )
-    if set(id_to_path) != set(id_to_class):
-        only = sorted(set(id_to_path) ^ set(id_to_class))
-        raise ValueError(
-            f"{NAME}: {len(only)} image ids are in only one of {images_txt} and {labels_txt}, "
-            f"e.g. {only[:5]}"
-        )
+    id_to_path = read_id_file(images_txt, "path", lambda text, where: text)
+    id_to_class = read_id_file(
+        labels_txt, "class", lambda text, where: _layout.parse_int(text, where, "class id"))
+    _same_ids(images_txt, id_to_path, labels_txt, id_to_class)
+    id_to_path = {i: value for i, (value, _) in id_to_path.items()}
+    id_to_class = {i: value for i, (value, _) in id_to_class.items()}
     ids = sorted(id_to_path)
     labels = np.array([id_to_class[i] for i in ids], dtype=np.int64)
     paths = [os.path.join(image_dir, id_to_path[i]) for i in ids]
@@ -153,6 +145,35 @@ def load(data_dir=None, expected=None, variant="standard", noise_seed=0, crop_to
     if crop_to_bbox:
         splits = _cropped(splits, root, ids, paths, crop_dir)
     return splits
+
+
+def read_id_file(path, value_what, parse_value):
+    """``{image id: (value, line number)}`` of an "<image_id> <value>" file (images.txt,
+    image_class_labels.txt).
+
+    Raises:
+      ValueError: naming the file and line of a malformed row or of an image id listed twice
+        (with the conflicting value when the two lines differ).
+    """
+    rows = _layout.read_numbered_rows(path, 2, dataset=NAME)
+    places = [f"{path} line {line}" for line, _ in rows]
+    ids = [_layout.parse_int(image_id, place, "image id")
+           for (_, (image_id, _)), place in zip(rows, places)]
+    values = [parse_value(text, place) for (_, (_, text)), place in zip(rows, places)]
+    _layout.check_unique(ids, places, "image id", NAME, values, value_what)
+    return {i: (value, line) for i, value, (line, _) in zip(ids, values, rows)}
+
+
+def _same_ids(images_txt, id_to_path, labels_txt, id_to_class):
+    """Every image id of image_class_labels.txt is in images.txt and the other way round."""
+    for path, listed, other_path, other in ((labels_txt, id_to_class, images_txt, id_to_path),
+                                            (images_txt, id_to_path, labels_txt, id_to_class)):
+        stray = sorted(set(listed) - set(other), key=lambda i: listed[i][1])
+        if stray:
+            first = stray[0]
+            more = f" ({len(stray)} such ids in all)" if len(stray) > 1 else ""
+            raise ValueError(f"{NAME}: {path} line {listed[first][1]}: image id {first} is not "
+                             f"in {other_path}{more}; both files must list the same image ids")
 
 
 def _closed_split(root, labels, paths, expected, checks):

@@ -78,15 +78,20 @@ def load(data_dir=None, expected=None, **checks):
     with open(partition, encoding="utf-8") as handle:
         first = handle.readline().strip()
     declared = _layout.parse_int(first, partition, "image count on line 1")
-    rows = _layout.read_rows(partition, 3, skip_lines=2, dataset=NAME)
+    numbered = _layout.read_numbered_rows(partition, 3, skip_lines=2, dataset=NAME)
+    rows = [fields for _, fields in numbered]
+    # An image listed twice (e.g. as train and as query) would leak between the splits.
+    _layout.check_unique([rel for rel, _, _ in rows],
+                         [f"{partition} line {line}" for line, _ in numbered], "image", NAME,
+                         [f"{item} {status}" for _, item, status in rows], "item and status")
     if declared != len(rows):
         logging.warning("%s: %s line 1 declares %d images but lists %d",
                         NAME, partition, declared, len(rows))
     base = image_base(root)
-    for rel, _, status in rows:
+    for line, (rel, _, status) in numbered:
         if status not in STATUSES:
             raise ValueError(
-                f"{NAME}: {partition}: unknown evaluation status {status!r} for {rel} "
+                f"{NAME}: {partition} line {line}: unknown evaluation status {status!r} for {rel} "
                 f"(expected one of {', '.join(STATUSES)})"
             )
     paths = [os.path.join(base, rel) for rel, _, _ in rows]

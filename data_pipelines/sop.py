@@ -27,8 +27,11 @@ EXPECTED = {"train": _layout.SplitSize(59551, classes=11318),
             "test": _layout.SplitSize(60502, classes=11316)}
 
 
-def read_split(root, filename):
-    """(absolute paths: list of str [N], class ids: int64 [N]) of one Ebay_*.txt file."""
+def read_split(root, filename, places=None):
+    """(absolute paths: list of str [N], class ids: int64 [N]) of one Ebay_*.txt file.
+
+    ``places``: a list that receives each row's "file line N" (for messages), or None.
+    """
     path = _layout.require_file(root, filename, NAME, LAYOUT)
     with open(path, encoding="utf-8") as handle:
         header = handle.readline().split()
@@ -37,9 +40,18 @@ def read_split(root, filename):
             f"{NAME}: {path} line 1 should be the header 'image_id class_id super_class_id path', "
             f"got {' '.join(header)!r}"
         )
-    rows = _layout.read_rows(path, 4, skip_lines=1, dataset=NAME)
-    labels = np.array([_layout.parse_int(r[1], path, "class_id") for r in rows], dtype=np.int64)
+    numbered = _layout.read_numbered_rows(path, 4, skip_lines=1, dataset=NAME)
+    where = [f"{path} line {line}" for line, _ in numbered]
+    rows = [fields for _, fields in numbered]
+    labels = np.array([_layout.parse_int(r[1], w, "class_id") for r, w in zip(rows, where)],
+                      dtype=np.int64)
+    ids = [_layout.parse_int(r[0], w, "image_id") for r, w in zip(rows, where)]
+    _layout.check_unique(ids, where, "image_id", NAME, labels.tolist(), "class_id")
     paths = [os.path.join(root, r[3]) for r in rows]
+    _layout.check_unique([r[3] for r in rows], where, "image", NAME, labels.tolist(),
+                         "class_id")
+    if places is not None:
+        places.extend(where)
     return paths, labels
 
 
@@ -63,8 +75,12 @@ def load(data_dir=None, expected=None, **checks):
     """
     checks = _layout.Checks(**checks)
     root = _layout.resolve_root(data_dir, "Ebay_train.txt", SUBFOLDERS, NAME, LAYOUT)
-    train_paths, train_labels = read_split(root, "Ebay_train.txt")
-    test_paths, test_labels = read_split(root, "Ebay_test.txt")
+    places = []
+    train_paths, train_labels = read_split(root, "Ebay_train.txt", places)
+    test_paths, test_labels = read_split(root, "Ebay_test.txt", places)
+    # An image in both files would be a training image among the test queries.
+    _layout.check_unique([os.path.relpath(p, root) for p in train_paths + test_paths], places,
+                         "image", NAME)
     shared = np.intersect1d(train_labels, test_labels)
     if shared.size:
         raise ValueError(

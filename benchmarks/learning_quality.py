@@ -43,6 +43,16 @@ flags.DEFINE_list("runner_flags", [], "Extra runner flags for every run, e.g. fo
                   "max_epochs=12 (without the leading --; they override the flagfile).")
 flags.DEFINE_integer("jobs", 2, "Runner processes at a time (a runner keeps about one core "
                      "busy on this small CNN: 2 fill a 2-core machine).")
+flags.DEFINE_enum("regime", "scratch", ["scratch", "pretrained"],
+                  "scratch: the tables above (from-scratch small CNN, glyphs.cfg's budget). "
+                  "pretrained: the paper's regime (fine-tuning the symbols-pretrained backbone; "
+                  "learning rates chosen on validation; C2/MS vs their CCP versions, paired by "
+                  "seed; CCP's knobs; the same budget from scratch), see pretrained_study().")
+flags.DEFINE_list("lr_grid", ["1e-4", "3e-4", "1e-3"], "--regime=pretrained: learning rates "
+                  "of the validation grid (seed 0; every method the same grid).")
+flags.DEFINE_integer("seeds", 3, "--regime=pretrained: seeds of the main comparison.")
+flags.DEFINE_integer("budget_epochs", 12, "--regime=pretrained: epochs of 25 steps per fold "
+                     "model (no early stop before; the best validation epoch is restored).")
 flags.DEFINE_bool("summarize_only", False, "Run nothing: print the tables of the seeds whose "
                   "fold models all finished in --output_dir (an interrupted or running benchmark).")
 FLAGS = flags.FLAGS
@@ -287,9 +297,247 @@ def sweep_row(k, results, wall, cpu, run_dir, repeats):
             "radius": float(radius), "wall": wall, "cpu": cpu}
 
 
+# ---------------------------------------------------------------------------------------------
+# The paper's regime (issue "Where CCP helps"): a backbone pretrained on classes the benchmark
+# never shows (symbols_pretrained: experiments/pretraining.py), fine-tuned with a learning rate
+# chosen on validation, validation MAP@R driving the CCP schedule (patience 3 epochs).
+PRETRAINED = ("--weights=symbols_pretrained", "--ccp_patience=3")
+KNOBS = {  # C2-CCP variants at C2-CCP's chosen learning rate (the flagfile: K 4, b 8, 2e-4)
+    "K=1": ("--ccp_proxies_per_class=1",), "K=2": ("--ccp_proxies_per_class=2",),
+    "K=8": ("--ccp_proxies_per_class=8",),
+    "lambda=0": ("--ccp_lambda=0",), "lambda=2e-3 (10x)": ("--ccp_lambda=2e-3",),
+    "pool b=16": ("--ccp_pool_size=16",),
+    "pair weight 0": ("--ccp_pair_weight=0",), "pair weight 1": ("--ccp_pair_weight=1",),
+    "CCP patience 1": ("--ccp_patience=1",), "CCP patience 6": ("--ccp_patience=6",),
+}
+SCRATCH_LR = "1e-3"  # glyphs.cfg's from-scratch rate
+
+
+def _budget():
+    epochs = FLAGS.budget_epochs
+    return (f"--max_epochs={epochs}", f"--patience={epochs}")
+
+
+def _slug(text):
+    return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
+
+
+def per_seed(results, key="map_at_r", seed_offset=0):
+    """{seed: fold-average test metric} of a runner result (seed = --seed + repeat)."""
+    by_repeat = {}
+    for fold in results["per_fold"]:
+        by_repeat.setdefault(fold["repeat"], []).append(fold["metrics"][key])
+    return {seed_offset + r: float(np.mean(v)) for r, v in by_repeat.items()}
+
+
+def validation_score(results):
+    """Mean over fold models of the best validation MAP@R (what the grid selects on)."""
+    return float(np.mean([f["best_validation_map_at_r"] for f in results["per_fold"]]))
+
+
+def epoch_series(run_dir):
+    """Per fold model, per epoch: validation MAP@R, normalized covering radius, nearest-proxy
+    accuracy (CCP runs; the radius fields are None otherwise) and whether it projected."""
+    series = []
+    for fold_dir in sorted(pathlib.Path(run_dir).glob("repeat_*/fold_*")):
+        events = fold_dir / "logs" / "events.jsonl"
+        radius = fold_dir / "logs" / "covering_radius.jsonl"
+        epochs = {}
+        if events.exists():
+            for line in events.read_text().splitlines():
+                record = json.loads(line)
+                if record.get("event") == "epoch" and "val_map_at_r" in record:
+                    epochs[record["epoch"]] = {"val_map_at_r": record["val_map_at_r"]}
+        if radius.exists():
+            for line in radius.read_text().splitlines():
+                record = json.loads(line)
+                if record["point"] == "epoch" and record["epoch"] in epochs:
+                    epochs[record["epoch"]].update(
+                        {k: record.get(k) for k in ("normalized_mean", "nearest_proxy_accuracy",
+                                                    "projection")})
+                elif record["point"] == "final":
+                    epochs["final"] = record
+        series.append(epochs)
+    return series
+
+
+def final_geometry(run_dir):
+    """Mean over fold models of the final (restored best) normalized covering radius and
+    nearest-proxy accuracy; (nan, nan) without CCP."""
+    finals = [s["final"] for s in epoch_series(run_dir) if "final" in s]
+    if not finals or finals[0].get("normalized_mean") is None:
+        return float("nan"), float("nan")
+    return (float(np.mean([f["normalized_mean"] for f in finals])),
+            float(np.mean([f["nearest_proxy_accuracy"] for f in finals])))
+
+
+def projections(run_dir):
+    count = 0
+    for fold_dir in pathlib.Path(run_dir).glob("repeat_*/fold_*"):
+        events = fold_dir / "logs" / "events.jsonl"
+        if events.exists():
+            count += sum(json.loads(line).get("event") == "projection"
+                         for line in events.read_text().splitlines())
+    return count
+
+
+def pretrained_study(out):
+    """Runs (resumably) and prints every table of the pretrained regime."""
+    import concurrent.futures
+    import scipy.stats
+
+    methods = [m for m in FLAGS.methods if m in ("C2", "C2-CCP", "MS", "MS-CCP")]
+    grid = [float(v) for v in FLAGS.lr_grid]
+    started = time.time()
+    cpu = {}
+
+    def run(name, flags_, run_dir, repeats=1, seed=0):
+        results, wall, cpu_s = run_method(name, (*flags_, f"--seed={seed}"), run_dir, repeats)
+        cpu[run_dir] = cpu_s
+        print(f"  done {name} ({wall:.0f} s wall, {cpu_s:.0f} CPU s)", flush=True)
+        return results
+
+    grid_jobs = {(m, lr): (m, (*METHODS[m], *PRETRAINED, *_budget(), f"--learning_rate={lr}"),
+                           os.path.join(out, "grid", f"{_slug(m)}_lr{lr:g}"))
+                 for m in methods for lr in grid}
+    scratch_jobs = {m: (f"{m} scratch", (*METHODS[m], "--weights=none", *_budget(),
+                                         f"--learning_rate={SCRATCH_LR}"),
+                        os.path.join(out, "scratch", _slug(m)), FLAGS.seeds)
+                    for m in methods if m in ("C2", "C2-CCP")}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, FLAGS.jobs)) as pool:
+        grid_futures = {key: pool.submit(run, f"{key[0]} lr={key[1]:g}", *job[1:])
+                        for key, job in grid_jobs.items()}
+        scratch_futures = {m: pool.submit(run, *job) for m, job in scratch_jobs.items()}
+        grid_results = {key: f.result() for key, f in grid_futures.items()}
+        chosen = {m: max(grid, key=lambda lr: validation_score(grid_results[(m, lr)]))
+                  for m in methods}
+        more = FLAGS.seeds - 1
+        main_futures = {m: pool.submit(
+            run, f"{m} seeds 1..{more}", (*METHODS[m], *PRETRAINED, *_budget(),
+                                          f"--learning_rate={chosen[m]}"),
+            os.path.join(out, "main", _slug(m)), more, 1) for m in methods if more > 0}
+        knob_futures = {}
+        if "C2-CCP" in methods:
+            knob_futures = {k: pool.submit(
+                run, f"C2-CCP {k}", (*METHODS["C2-CCP"], *PRETRAINED, *_budget(),
+                                     f"--learning_rate={chosen['C2-CCP']}", *v),
+                os.path.join(out, "knobs", _slug(k))) for k, v in KNOBS.items()}
+        main_results = {m: f.result() for m, f in main_futures.items()}
+        knob_results = {k: f.result() for k, f in knob_futures.items()}
+        scratch_results = {m: f.result() for m, f in scratch_futures.items()}
+
+    def seeds_of(m):
+        values = per_seed(grid_results[(m, chosen[m])])
+        if m in main_results:
+            values.update(per_seed(main_results[m], seed_offset=1))
+        return values
+
+    budget = f"{FLAGS.budget_epochs} epochs x 25 steps per fold model"
+    print(f"\n## Pretrained regime: symbols_pretrained small_cnn fine-tuned on glyphs, {budget}, "
+          f"2 class folds, seeds 0..{FLAGS.seeds - 1}\n")
+    print("Learning-rate grid (seed 0): mean over the 2 fold models of the best VALIDATION "
+          "MAP@R (held-out training classes), % ; chosen = highest:\n")
+    print("| method | " + " | ".join(f"lr {lr:g}" for lr in grid) + " | chosen |")
+    print("|---|" + "---|" * len(grid) + "---|")
+    for m in methods:
+        cells = [f"{100 * validation_score(grid_results[(m, lr)]):.2f}" for lr in grid]
+        print(f"| {m} | " + " | ".join(cells) + f" | {chosen[m]:g} |")
+
+    print("\nTest MAP@R (203 unseen classes), 128D fold average, % , per seed and mean ± std "
+          "(population std over seeds):\n")
+    table_seeds = sorted(seeds_of(methods[0]))
+    print("| method | lr | " + " | ".join(f"seed {s}" for s in table_seeds) + " | mean ± std |")
+    print("|---|---|" + "---|" * len(table_seeds) + "---|")
+    for m in methods:
+        values = seeds_of(m)
+        row = [100 * values[s] for s in table_seeds]
+        print(f"| {m} | {chosen[m]:g} | " + " | ".join(f"{v:.2f}" for v in row) +
+              f" | **{np.mean(row):.2f} ± {np.std(row):.2f}** |")
+    for m in scratch_results:
+        values = per_seed(scratch_results[m])
+        row = [100 * values[s] for s in sorted(values)]
+        print(f"| {m} from scratch | {SCRATCH_LR} | " + " | ".join(f"{v:.2f}" for v in row) +
+              f" | {np.mean(row):.2f} ± {np.std(row):.2f} |")
+
+    print("\nPaired by seed (same seed = same initial head, batches and folds): CCP minus its "
+          "base loss, test MAP@R points:\n")
+    print("| comparison | per-seed differences | mean ± std | CCP better in | paired t (p) |")
+    print("|---|---|---|---|---|")
+    pairs = [("C2-CCP", "C2"), ("MS-CCP", "MS")]
+    for ccp_name, base in pairs:
+        if ccp_name in methods and base in methods:
+            a, b = seeds_of(ccp_name), seeds_of(base)
+            common = sorted(set(a) & set(b))
+            diff = np.array([100 * (a[s] - b[s]) for s in common])
+            t = scipy.stats.ttest_rel([a[s] for s in common], [b[s] for s in common]) \
+                if len(common) > 1 else None
+            t_text = f"{t.statistic:.2f} ({t.pvalue:.3f})" if t is not None else "-"
+            print(f"| {ccp_name} - {base} | " + ", ".join(f"{d:+.2f}" for d in diff) +
+                  f" | {diff.mean():+.2f} ± {diff.std():.2f} | {int((diff > 0).sum())} of "
+                  f"{len(diff)} | {t_text} |")
+    if scratch_results:
+        a, b = per_seed(scratch_results.get("C2-CCP", {"per_fold": []})), \
+            per_seed(scratch_results.get("C2", {"per_fold": []}))
+        common = sorted(set(a) & set(b))
+        if common:
+            diff = np.array([100 * (a[s] - b[s]) for s in common])
+            print("| C2-CCP - C2, from scratch | " + ", ".join(f"{d:+.2f}" for d in diff) +
+                  f" | {diff.mean():+.2f} ± {diff.std():.2f} | {int((diff > 0).sum())} of "
+                  f"{len(diff)} | - |")
+
+    if knob_results:
+        print("\nC2-CCP's knobs (seed 0, lr " f"{chosen['C2-CCP']:g}; the first row is the "
+              "flagfile's K 4, b 8, lambda 2e-4, pair weight 0.1, CCP patience 3): test MAP@R "
+              "and, for the restored best model, the training classes' covering radius by "
+              "their proxies and the nearest-proxy own-class accuracy, both in the "
+              "Lipschitz-normalized space (2 fold models' mean):\n")
+        print("| C2-CCP variant | test MAP@R | covering radius | nearest-proxy accuracy | "
+              "projections | CPU s |")
+        print("|---|---|---|---|---|---|")
+        rows = [("flagfile (K 4)", grid_results[("C2-CCP", chosen["C2-CCP"])],
+                 grid_jobs[("C2-CCP", chosen["C2-CCP"])][2])]
+        rows += [(k, knob_results[k], os.path.join(out, "knobs", _slug(k))) for k in KNOBS]
+        radius_vs_map = []
+        for name, results, run_dir in rows:
+            radius, accuracy = final_geometry(run_dir)
+            test = 100 * np.mean([f["metrics"]["map_at_r"] for f in results["per_fold"]])
+            radius_vs_map.append((radius, test))
+            print(f"| {name} | {test:.2f} | {radius:.3f} | {100 * accuracy:.1f} % | "
+                  f"{projections(run_dir)} | {cpu.get(run_dir, float('nan')):.0f} |")
+        radii, maps = np.array(radius_vs_map).T
+        rho = scipy.stats.spearmanr(radii, maps)
+        print(f"\nSpearman rank correlation over these {len(radii)} runs, covering radius vs "
+              f"test MAP@R: {rho.statistic:+.2f} (p {rho.pvalue:.3f}; the paper's claim predicts "
+              "a negative value)")
+
+    if "C2-CCP" in methods:
+        print("\nC2-CCP per epoch (seed 0, chosen lr; mean over the 2 fold models; * = a "
+              "projection in that epoch in at least one fold model):\n")
+        print("| epoch | validation MAP@R | covering radius | nearest-proxy accuracy |")
+        print("|---|---|---|---|")
+        series = epoch_series(grid_jobs[("C2-CCP", chosen["C2-CCP"])][2])
+        for epoch in range(1, FLAGS.budget_epochs + 1):
+            points = [s[epoch] for s in series if epoch in s]
+            if not points:
+                continue
+            mark = "*" if any(p.get("projection") for p in points) else ""
+            val = 100 * np.mean([p["val_map_at_r"] for p in points])
+            radius = np.mean([p["normalized_mean"] for p in points
+                              if p.get("normalized_mean") is not None])
+            accuracy = 100 * np.mean([p["nearest_proxy_accuracy"] for p in points
+                                      if p.get("nearest_proxy_accuracy") is not None])
+            print(f"| {epoch}{mark} | {val:.2f} | {radius:.3f} | {accuracy:.1f} % |")
+    print(f"\ntotal wall time {time.time() - started:.0f} s, runner CPU time "
+          f"{sum(cpu.values()):.0f} s ({FLAGS.jobs} job(s) at a time)")
+
+
 def main(argv):
     del argv
     import concurrent.futures
+
+    if FLAGS.regime == "pretrained":
+        pretrained_study(os.path.join(FLAGS.output_dir, "pretrained"))
+        return
 
     unknown = [m for m in FLAGS.methods if m not in METHODS]
     if unknown:

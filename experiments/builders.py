@@ -13,6 +13,7 @@ from absl import logging
 import ccp
 import data_pipelines
 from experiments import config as config_lib
+from experiments import pretraining
 from experiments import registry
 
 
@@ -54,13 +55,24 @@ def _wrap_pair_loss(config, loss, num_classes):
     return loss
 
 
+def resolve_weights(weights):
+    """--weights -> the library's ``weights`` argument: None, "imagenet" or a file path
+    ("symbols_pretrained" is the cached small_cnn pretrained on `symbols`, pretrained first
+    when missing: experiments/pretraining.py)."""
+    if weights in ("none", ""):
+        return None
+    if weights == pretraining.WEIGHTS_NAME:
+        return pretraining.pretrained_weights(log=logging.info)
+    return weights
+
+
 def build_model(config, name=None):
     model = config.model
     return ccp.models.build_embedding_model(
         backbone=model.backbone,
         embedding_size=model.embedding_size,
         embedding_bias=model.embedding_bias,
-        weights=None if model.weights in ("none", "") else model.weights,
+        weights=resolve_weights(model.weights),
         pooling=model.pooling,
         freeze_batchnorm=registry.FREEZE_BATCHNORM[model.freeze_batchnorm],
         image_size=config.resolved_image_size,

@@ -75,7 +75,10 @@ class ModelConfig:
     """SPEC §1: backbone, pooling and embedding head."""
 
     backbone: str = _field("small_cnn", "Backbone network.", registry.BACKBONES)
-    weights: str = _field("none", "'none' (from scratch), 'imagenet', or a path to a weight file.")
+    weights: str = _field("none", "'none' (from scratch), 'imagenet' (BN-Inception, ResNet-50), "
+                                  "'symbols_pretrained' (small_cnn pretrained on the symbols set, "
+                                  "disjoint from glyphs), or a weight file of the backbone or of "
+                                  "a whole embedding model.")
     embedding_size: int = _field(D.EMBEDDING_SIZE, "Embedding dimension D of each fold model.")
     embedding_bias: bool = _field(False, "Give the Dense embedding head a bias (the reference's "
                                          "head has none).")
@@ -523,11 +526,15 @@ def _weights_problems(model):
     weights = model.weights
     if weights in ("none", ""):
         return []
-    if not registry.BACKBONES[model.backbone].pretrained:
-        return [f"--backbone={model.backbone} has no pretrained weights: use --weights=none"]
-    if weights != "imagenet" and not os.path.isfile(weights):
-        return [f"--weights={weights!r} is not a file (give a weight file, 'imagenet' or 'none')"]
-    return []
+    names = registry.BACKBONES[model.backbone].named_weights
+    if weights in names or os.path.isfile(weights):
+        return []
+    choices = ", ".join(repr(n) for n in ("none",) + names)
+    if weights in ("imagenet", "symbols_pretrained"):
+        return [f"--weights={weights} is not available for --backbone={model.backbone}: give "
+                f"{choices} or a weight file"]
+    return [f"--weights={weights!r} is not a file (give a weight file of --backbone="
+            f"{model.backbone} or of its embedding model, or {choices})"]
 
 
 def validate(config):

@@ -7,6 +7,10 @@ transform) by that class's proxies: ``r_c = max_{x in class c} min_k ||x - p_{c,
 raw embedding space greedy k-center works in (SPEC §5). :class:`CoveringRadiusMonitor` measures
 it after every epoch (so right after every projection) as a ``Trainer.fit`` callback, and once
 more on the restored best weights; the series is kept in ``logs/covering_radius.jsonl``.
+Raw norms grow during training, so each record also holds the radius in the Lipschitz-normalized
+space the loss uses (``normalized_mean`` / ``normalized_max``, comparable across epochs) and
+the nearest-proxy accuracy there (how often a training image's nearest proxy of the whole bank
+is one of its own class's; ``chance`` = 1 / C).
 """
 import json
 import os
@@ -54,6 +58,31 @@ def class_covering_radii(embeddings, class_indices, proxies_by_class):
     return radii
 
 
+def nearest_proxy_accuracy(embeddings, class_indices, proxies_by_class):
+    """Fraction of embeddings whose nearest proxy in the whole bank is one of their class's.
+
+    Args:
+      embeddings: float ``[N, D]``; class_indices: int ``[N]`` in ``[0, C)``;
+      proxies_by_class: float ``[C, K, D]``.
+    Returns:
+      float in [0, 1] (NaN for N = 0): ``mean_i [class(argmin_p ||x_i - p||) = y_i]``, ties to
+      the lowest bank row (classes in order, then k); chance is about ``1 / C``.
+    """
+    x = np.asarray(embeddings, np.float64)
+    y = np.asarray(class_indices)
+    proxies = np.asarray(proxies_by_class, np.float64)
+    num_classes, per_class = proxies.shape[:2]
+    bank = proxies.reshape(num_classes * per_class, -1)
+    bank_sq = np.sum(bank * bank, axis=1)
+    hits = 0
+    for start in range(0, x.shape[0], _CHUNK_ROWS):
+        rows = x[start:start + _CHUNK_ROWS]
+        # ||x - p||^2 up to the row constant ||x||^2, which does not change the argmin
+        nearest = np.argmin(bank_sq[None, :] - 2.0 * rows @ bank.T, axis=1)
+        hits += int(np.sum(nearest // per_class == y[start:start + _CHUNK_ROWS]))
+    return hits / x.shape[0] if x.shape[0] else float("nan")
+
+
 def summarize_radii(radii):
     """``{"mean", "max", "classes"}`` of per-class radii ``[C]`` (classes without data left out)."""
     present = np.asarray(radii, np.float64)
@@ -86,7 +115,8 @@ class CoveringRadiusMonitor:
 
     Attributes:
       series: list of ``{"epoch", "point": "epoch"|"final", "projection": bool, "mean", "max",
-        "classes", "images"}`` records, in order.
+        "classes", "images", "normalized_mean", "normalized_max", "nearest_proxy_accuracy",
+        "chance"}`` records, in order (``mean``/``max`` in raw embedding space).
     """
 
     def __init__(self, config, records, seed, size, proxy_owner, log_dir=None):
@@ -108,10 +138,20 @@ class CoveringRadiusMonitor:
     def measure(self, model, epoch, point, projection=False, strategy=None):
         """Measures the current model and proxies; appends (and stores) the record."""
         embeddings, indices = self.embed(model, strategy)
-        radii = class_covering_radii(embeddings, indices,
-                                     np.asarray(self.proxy_owner.proxies_by_class()))
+        proxies = np.asarray(self.proxy_owner.proxies_by_class())
+        radii = class_covering_radii(embeddings, indices, proxies)
+        # The space the loss works in (SPEC §2): comparable across epochs, unlike raw norms.
+        unit_embeddings = ccp.metrics.lipschitz_normalize(np.asarray(embeddings, np.float32))
+        unit_proxies = ccp.metrics.lipschitz_normalize(
+            proxies.reshape(-1, proxies.shape[-1]).astype(np.float32)).reshape(proxies.shape)
+        normalized = summarize_radii(class_covering_radii(unit_embeddings, indices,
+                                                          unit_proxies))
         record = {"epoch": int(epoch), "point": point, "projection": bool(projection),
-                  **summarize_radii(radii), "images": int(len(indices))}
+                  **summarize_radii(radii), "images": int(len(indices)),
+                  "normalized_mean": normalized["mean"], "normalized_max": normalized["max"],
+                  "nearest_proxy_accuracy": nearest_proxy_accuracy(unit_embeddings, indices,
+                                                                   unit_proxies),
+                  "chance": 1.0 / proxies.shape[0]}
         # A resumed run re-measures from its checkpoint on: drop what it will redo.
         self.series = [r for r in self.series if r["point"] == "epoch" and (
             point == "final" or r["epoch"] < record["epoch"])]

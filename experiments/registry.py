@@ -145,19 +145,21 @@ class BackboneSpec:
     Attributes:
       name: the ``--backbone`` value (also the library's backbone name).
       image_size: the input side used when ``--image_size=0``.
-      pretrained: whether ``--weights`` may name pretrained weights ("imagenet" or a file).
+      named_weights: the weight names ``--weights`` accepts besides "none" and a file path:
+        "imagenet" for the ImageNet backbones, "symbols_pretrained" for small_cnn (pretrained
+        on the `symbols` set, disjoint from glyphs; experiments/pretraining.py).
     """
 
     name: str
     image_size: int
-    pretrained: bool
+    named_weights: tuple
 
 
 BACKBONES = {spec.name: spec for spec in (
-    BackboneSpec("small_cnn", 32, pretrained=False),
-    BackboneSpec("bn_inception", 227, pretrained=True),
-    BackboneSpec("resnet50", 227, pretrained=True),
-    *(BackboneSpec(f"efficientnet_b{k}", size, pretrained=True)
+    BackboneSpec("small_cnn", 32, named_weights=("symbols_pretrained",)),
+    BackboneSpec("bn_inception", 227, named_weights=("imagenet",)),
+    BackboneSpec("resnet50", 227, named_weights=("imagenet",)),
+    *(BackboneSpec(f"efficientnet_b{k}", size, named_weights=("imagenet",))
       for k, size in enumerate((224, 240, 260, 300, 380, 456, 528, 600))),
 )}
 

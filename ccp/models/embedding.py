@@ -137,7 +137,10 @@ def build_embedding_model(backbone="bn_inception", embedding_size=128, weights=N
         checkpoint at ``$CCP_WEIGHTS_DIR/bn_inception_imagenet.npz`` or
         ``~/.keras/models/...``; ResNet-50: Keras' download), or the path of a local weight file
         of the backbone (BN-Inception .npz/.h5, ResNet-50 .h5/.weights.h5, small CNN
-        .weights.h5). The string "none" means None. A BN-Inception ``.npz`` written by
+        .weights.h5) or of a whole embedding model of the same architecture (a ``.weights.h5``
+        saved from a model this function built: backbone, head and all, e.g. to fine-tune
+        your own checkpoint; input normalization as the backbone's convention). The string
+        "none" means None. A BN-Inception ``.npz`` written by
         ``scripts/convert_bn_inception_pth.py`` also sets the input mean it was trained with
         (Caffe (104, 117, 128) or the reference's 255 x ImageNet mean) and its BatchNorm
         epsilon.
@@ -172,9 +175,11 @@ def build_embedding_model(backbone="bn_inception", embedding_size=128, weights=N
     if not isinstance(embedding_bias, bool):
         raise TypeError(f"embedding_bias must be True or False, got {embedding_bias!r}")
 
+    whole_model_file = weights not in (None, "imagenet") and is_embedding_weights_file(weights)
+    backbone_weights = None if whole_model_file else weights
     inputs = keras.Input((size, size, 3), dtype="float32", name="images")
-    features_model = spec.build((size, size, 3), weights)
-    mean = spec.input_mean(weights) if spec.input_mean is not None else None
+    features_model = spec.build((size, size, 3), backbone_weights)
+    mean = spec.input_mean(backbone_weights) if spec.input_mean is not None else None
     normalized = InputNormalization(spec.convention, mean=mean,
                                     name="input_normalization")(inputs)
     if freeze_batchnorm is None:
@@ -186,7 +191,24 @@ def build_embedding_model(backbone="bn_inception", embedding_size=128, weights=N
     # float32 even under a mixed-precision policy: losses and metrics get float32 embeddings.
     embeddings = keras.layers.Dense(embedding_size, use_bias=embedding_bias, dtype="float32",
                                     name=EMBEDDING_LAYER)(pooled)
-    return keras.Model(inputs, embeddings, name=name or f"{backbone}_embedding")
+    model = keras.Model(inputs, embeddings, name=name or f"{backbone}_embedding")
+    if whole_model_file:
+        load_embedding_weights(model, weights)
+    return model
+
+
+def is_embedding_weights_file(path):
+    """Whether ``path`` is a Keras 3 ``.weights.h5`` of a whole embedding model (saved from a
+    model of :func:`build_embedding_model`, e.g. a runner's ``model.weights.h5``) rather than
+    of a backbone: such a file holds the ``input_normalization`` layer."""
+    path = os.fspath(path)
+    if not path.endswith(".h5") or not os.path.isfile(path):
+        return False
+    try:
+        with h5py.File(path, "r") as handle:
+            return "layers/input_normalization" in handle
+    except OSError:
+        return False
 
 
 def _stored_embedding_bias(path):

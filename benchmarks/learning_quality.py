@@ -48,10 +48,12 @@ flags.DEFINE_enum("regime", "scratch", ["scratch", "pretrained"],
                   "pretrained: the paper's regime (fine-tuning the symbols-pretrained backbone; "
                   "learning rates chosen on validation; C2/MS vs their CCP versions, paired by "
                   "seed; CCP's knobs; the same budget from scratch), see pretrained_study().")
-flags.DEFINE_list("lr_grid", ["1e-4", "3e-4", "1e-3"], "--regime=pretrained: learning rates "
-                  "of the validation grid (seed 0; every method the same grid).")
-flags.DEFINE_integer("seeds", 3, "--regime=pretrained: seeds of the main comparison.")
-flags.DEFINE_integer("budget_epochs", 12, "--regime=pretrained: epochs of 25 steps per fold "
+flags.DEFINE_list("lr_grid", ["1e-4", "3e-4", "1e-3", "3e-3"], "--regime=pretrained: "
+                  "learning rates of the validation grid (seed 0; every method the same grid).")
+flags.DEFINE_integer("seeds", 5, "--regime=pretrained: seeds of the main comparison.")
+flags.DEFINE_integer("scratch_seeds", 3, "--regime=pretrained: seeds of the same budget "
+                     "trained from scratch (every method at glyphs.cfg's rate 1e-3).")
+flags.DEFINE_integer("budget_epochs", 16, "--regime=pretrained: epochs of 25 steps per fold "
                      "model (no early stop before; the best validation epoch is restored).")
 flags.DEFINE_bool("summarize_only", False, "Run nothing: print the tables of the seeds whose "
                   "fold models all finished in --output_dir (an interrupted or running benchmark).")
@@ -402,8 +404,8 @@ def pretrained_study(out):
                  for m in methods for lr in grid}
     scratch_jobs = {m: (f"{m} scratch", (*METHODS[m], "--weights=none", *_budget(),
                                          f"--learning_rate={SCRATCH_LR}"),
-                        os.path.join(out, "scratch", _slug(m)), FLAGS.seeds)
-                    for m in methods if m in ("C2", "C2-CCP")}
+                        os.path.join(out, "scratch", _slug(m)), FLAGS.scratch_seeds)
+                    for m in methods}
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, FLAGS.jobs)) as pool:
         grid_futures = {key: pool.submit(run, f"{key[0]} lr={key[1]:g}", *job[1:])
                         for key, job in grid_jobs.items()}
@@ -475,13 +477,13 @@ def pretrained_study(out):
             print(f"| {ccp_name} - {base} | " + ", ".join(f"{d:+.2f}" for d in diff) +
                   f" | {diff.mean():+.2f} ± {diff.std():.2f} | {int((diff > 0).sum())} of "
                   f"{len(diff)} | {t_text} |")
-    if scratch_results:
-        a, b = per_seed(scratch_results.get("C2-CCP", {"per_fold": []})), \
-            per_seed(scratch_results.get("C2", {"per_fold": []}))
-        common = sorted(set(a) & set(b))
-        if common:
+    for ccp_name, base in pairs:
+        if ccp_name in scratch_results and base in scratch_results:
+            a, b = per_seed(scratch_results[ccp_name]), per_seed(scratch_results[base])
+            common = sorted(set(a) & set(b))
             diff = np.array([100 * (a[s] - b[s]) for s in common])
-            print("| C2-CCP - C2, from scratch | " + ", ".join(f"{d:+.2f}" for d in diff) +
+            print(f"| {ccp_name} - {base}, from scratch | " +
+                  ", ".join(f"{d:+.2f}" for d in diff) +
                   f" | {diff.mean():+.2f} ± {diff.std():.2f} | {int((diff > 0).sum())} of "
                   f"{len(diff)} | - |")
 

@@ -419,6 +419,38 @@ def test_small_cnn_shape_and_weight_count():
     assert backbone.count_params() == sum(9 * i * o + 4 * o for i, o in convs)
 
 
+def test_small_cnn_starts_from_a_backbone_or_a_whole_embedding_model_file(tmp_path):
+    """weights=PATH: a small_cnn backbone file loads into the backbone (new random head), a
+    whole embedding model's file loads everything; both freeze BatchNorm as pretrained."""
+    keras.utils.set_random_seed(1)
+    source = ccp.models.build_embedding_model("small_cnn", embedding_size=6)
+    source.get_layer("small_cnn").save_weights(str(tmp_path / "backbone.weights.h5"))
+    source.save_weights(str(tmp_path / "model.weights.h5"))
+    assert ccp.models.embedding.is_embedding_weights_file(str(tmp_path / "model.weights.h5"))
+    assert not ccp.models.embedding.is_embedding_weights_file(str(tmp_path / "backbone.weights.h5"))
+    images = _images(3)
+    expected = source(images, training=False).numpy()
+
+    keras.utils.set_random_seed(2)
+    whole = ccp.models.build_embedding_model("small_cnn", embedding_size=6,
+                                             weights=str(tmp_path / "model.weights.h5"))
+    np.testing.assert_array_equal(whole(images, training=False).numpy(), expected)
+
+    keras.utils.set_random_seed(2)
+    backbone_only = ccp.models.build_embedding_model(
+        "small_cnn", embedding_size=6, weights=str(tmp_path / "backbone.weights.h5"))
+    for mine, theirs in zip(backbone_only.get_layer("small_cnn").weights,
+                            source.get_layer("small_cnn").weights):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    assert not np.array_equal(backbone_only.get_layer("embedding").kernel.numpy(),
+                              source.get_layer("embedding").kernel.numpy())
+    for model in (whole, backbone_only):
+        assert all(not layer.trainable for layer in ccp.models.batchnorm_layers(model))
+    with pytest.raises(ValueError):  # a whole-model file of another head size
+        ccp.models.build_embedding_model("small_cnn", embedding_size=7,
+                                         weights=str(tmp_path / "model.weights.h5"))
+
+
 def _images(seed, n=4, size=32):
     return np.random.default_rng(seed).uniform(0, 255, size=(n, size, size, 3)).astype(np.float32)
 

@@ -155,8 +155,17 @@ def test_data_independent_conflicts_name_the_flags(tmp_path):
     base = config_lib.ExperimentConfig()
     with pytest.raises(config_lib.ConfigError, match="--weights='/no/such.h5' is not a file"):
         config_lib.validate(base.replace(backbone="resnet50", weights="/no/such.h5"))
-    with pytest.raises(config_lib.ConfigError, match="--backbone=small_cnn has no pretrained"):
+    with pytest.raises(config_lib.ConfigError, match="--weights=imagenet is not available for "
+                                                     "--backbone=small_cnn: give 'none', "
+                                                     "'symbols_pretrained' or a weight file"):
         config_lib.validate(base.replace(weights="imagenet"))
+    with pytest.raises(config_lib.ConfigError, match="--weights=symbols_pretrained is not "
+                                                     "available for --backbone=resnet50"):
+        config_lib.validate(base.replace(backbone="resnet50", weights="symbols_pretrained"))
+    config_lib.validate(base.replace(weights="symbols_pretrained"))  # small_cnn's named weights
+    weight_file = tmp_path / "mine.weights.h5"
+    weight_file.write_bytes(b"")
+    config_lib.validate(base.replace(weights=str(weight_file)))  # a user's file, small_cnn too
     with pytest.raises(config_lib.ConfigError, match="--xbm needs a pair loss"):
         config_lib.validate(base.replace(loss="soft_triple", xbm=True))
     with pytest.raises(config_lib.ConfigError, match="--ccp_min_iterations must be >= 1"):

@@ -26,6 +26,8 @@ _SUBMODULES = (
     "metrics",
     "models",
     "training",
+    "callbacks",
+    "keras_compat",
     "tracking",
     "diagnostics",
     "export",

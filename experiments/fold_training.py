@@ -76,7 +76,7 @@ def build_trainer(config, model, loss, strategy, fold_dir):
                      monitored_split="test" if protocol.select_on_test else "validation")
     return trainer_class(
         model, loss, build_optimization(config, model, loss, projection), **extra,
-        strategy=strategy, projection=projection,
+        strategy=strategy,
         steps_per_epoch=protocol.steps_per_epoch, max_epochs=protocol.max_epochs,
         patience=protocol.patience, min_delta=protocol.min_delta,
         checkpoint_dir=f"{fold_dir}/checkpoints", log_dir=f"{fold_dir}/logs",

@@ -229,6 +229,40 @@ class AlternatingProjection(tf.Module):
             event.get("proxy_distance_after", float("nan")))
         return event
 
+    def monitored_value(self, logs):
+        """The value :meth:`on_epoch_end` follows, from one epoch's metrics.
+
+        Args:
+          logs: dict of the epoch's metrics under Keras' names: the training loss as "loss",
+            validation metrics with a "val_" prefix ("val_map_at_r", "val_precision_at_1", ...).
+        Returns:
+          ``logs["loss"]`` when :attr:`monitor` is "loss", else ``logs["val_" + monitor]``.
+        Raises:
+          ValueError: the epoch has no such value (names the keys it has).
+        """
+        key = "loss" if self.monitor == "loss" else f"val_{self.monitor}"
+        if key not in logs:
+            valid = sorted(k[4:] for k in logs if k.startswith("val_")) + ["loss"]
+            raise ValueError(f"CCP monitor {self.monitor!r} (AlternatingProjection(monitor=...)) "
+                             f"is not in this epoch's metrics; valid: {valid}")
+        return logs[key]
+
+    def state_variables(self):
+        """Every TensorFlow variable of the projection's state, in a fixed order: the
+        proxies-initialized flag, ``lambda_t``, ``w_prev``, the best weights, the best
+        proxies (with a proxy owner). With :meth:`get_state` / :meth:`set_state` (the
+        schedule's counters) this is what a resumed run needs."""
+        anchor = self.anchor
+        return ([self.proxies_initialized, anchor.lambda_t, *anchor.w_prev, *anchor.best_weights]
+                + ([self.best_proxies] if self.has_proxies else []))
+
+    def get_state(self):
+        """The schedule's counters (JSON-able dict)."""
+        return self.schedule.get_state()
+
+    def set_state(self, state):
+        self.schedule.set_state(state)
+
     def state_dict(self):
         """The scalar state as Python values (for logs)."""
         return {"instance": self.schedule.instance, "lambda": float(self.lambda_t.numpy()),

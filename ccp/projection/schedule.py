@@ -146,5 +146,5 @@ def _checked_every_steps(every_steps, fixed_interval):
     if int(every_steps) and fixed_interval is not None:
         raise ValueError(f"projection_every_steps={int(every_steps)} and fixed_interval="
                          f"{fixed_interval} both fix when CCP projects: set only one "
-                         f"(--ccp_projection_every_steps or --ccp_fixed_interval)")
+                         f"(projection_every_steps or fixed_interval)")
     return int(every_steps)

@@ -11,7 +11,7 @@ import dataclasses
 from absl import logging
 
 from ccp import defaults
-from ccp.training import optimizers as optimizers_lib
+from ccp.training import optimizer_registry
 from ccp.training import schedules as schedules_lib
 from ccp.training import transforms as transforms_lib
 
@@ -48,6 +48,9 @@ class Optimization:
       warmup_epochs: epochs of the warm-up phase.
       warmup_fraction: w of a fractional warm-up (0 < w < 1: its one epoch runs
         round(w x steps_per_epoch) steps), else None.
+      projection: the :class:`ccp.projection.AlternatingProjection` whose proximal term is in
+        the chain, or None; the Trainer takes it from here (it is passed once, to
+        :func:`build_optimization`).
     """
 
     train: Phase
@@ -56,6 +59,7 @@ class Optimization:
     warmup: Phase = None
     warmup_epochs: int = 0
     warmup_fraction: float = None
+    projection: object = None
 
     def __post_init__(self):
         if int(self.warmup_epochs) < 0:
@@ -102,7 +106,7 @@ def build_optimization(model, loss, *, projection=None, learning_rate=defaults.L
     Args:
       model, loss: the embedding model and the loss layer (variables created).
       projection: a :class:`ccp.projection.AlternatingProjection`; its proximal term goes first
-        in the chain.
+        in the chain, and the Trainer given this Optimization runs its schedule.
       learning_rate, adam_beta_1, adam_beta_2, adam_epsilon: Adam.
       lr_schedule: "constant", "exponential" (per step) or "plateau" (on validation MAP@R).
       lr_decay_rate: exponential rate or plateau factor (None: the default of the schedule).
@@ -144,7 +148,7 @@ def build_optimization(model, loss, *, projection=None, learning_rate=defaults.L
         lr_schedule, learning_rate, decay_rate=lr_decay_rate, decay_steps=lr_decay_steps,
         staircase=lr_staircase)
     train_variables = list(model.trainable_variables) + loss_variables
-    train = Phase(train_variables, optimizers_lib.build_optimizer(
+    train = Phase(train_variables, optimizer_registry.build_optimizer(
         train_variables, schedule, name=optimizer, **adam))
     warmup = None if warmup_count <= 0 else _warmup_phase(
         train_variables if warmup_all_layers else list(warmup_variables) + loss_variables,
@@ -156,7 +160,8 @@ def build_optimization(model, loss, *, projection=None, learning_rate=defaults.L
         model, loss, weight_decay=weight_decay, clip_norm=clip_norm, clip_value=clip_value)
     return Optimization(train=train, gradient_transforms=chain, plateau=plateau, warmup=warmup,
                         warmup_epochs=warmup_count,
-                        warmup_fraction=float(warmup_epochs) if 0 < warmup_epochs < 1 else None)
+                        warmup_fraction=float(warmup_epochs) if 0 < warmup_epochs < 1 else None,
+                        projection=projection)
 
 
 def _proxy_lr_multipliers(loss, multiplier):
@@ -170,7 +175,7 @@ def _proxy_lr_multipliers(loss, multiplier):
 
 def _warmup_phase(variables, learning_rate, all_layers, optimizer_arguments):
     """The warm-up Phase: its own optimizer (named "warmup_<name>") over ``variables``."""
-    return Phase(variables, optimizers_lib.build_optimizer(
+    return Phase(variables, optimizer_registry.build_optimizer(
         variables, learning_rate, name=f"warmup_{optimizer_arguments['optimizer']}",
         **optimizer_arguments), model_training=all_layers)
 
@@ -201,12 +206,12 @@ def _optimizer_options(optimizer, momentum, nesterov, rmsprop_rho):
         return {"momentum": defaults.SGD_MOMENTUM if momentum is None else float(momentum),
                 "nesterov": bool(nesterov)}
     if nesterov:
-        raise ValueError(f"nesterov (--nesterov) needs optimizer='sgd', got {optimizer!r}")
+        raise ValueError(f"nesterov=True needs optimizer='sgd', got {optimizer!r}")
     if optimizer == "rmsprop":
         return {"rho": float(rmsprop_rho),
                 "momentum": defaults.RMSPROP_MOMENTUM if momentum is None else float(momentum)}
     if momentum is not None:
-        raise ValueError(f"momentum (--momentum) needs optimizer 'sgd' or 'rmsprop', got "
+        raise ValueError(f"momentum={momentum} needs optimizer 'sgd' or 'rmsprop', got "
                          f"{optimizer!r}")
     return None
 

@@ -1,49 +1,22 @@
 """The optimizers of the reference (its ``Optimizers``: Adam, SGD, RMSprop, Adagrad, Adadelta,
 Adamax, Nadam, Ftrl and AdamLRM), each with per-variable learning-rate multipliers.
 
-The multiplier scales the step size of a variable (the learning rate its update step sees),
-as :class:`ccp.training.optimizers.AdamLRM` does for Adam; the reference has multipliers for
-Adam only, every optimizer here takes them so ``proxy_lr_multiplier`` works with any of them.
+The multiplier scales the step size of a variable (the learning rate its update step sees):
+each class is its keras optimizer with :class:`ccp.training.optimizers.LearningRateMultipliers`
+mixed in, as :class:`ccp.training.optimizers.AdamLRM` is for Adam; the reference has
+multipliers for Adam only, every optimizer here takes them so ``proxy_lr_multiplier`` works
+with any of them. :func:`build_optimizer` builds one for a Trainer phase.
 Reference defaults: SGD momentum 0, Nesterov off; RMSprop rho 0.9, momentum 0 (the MLRC
 reproduction's optimizer); Adam betas 0.9 / 0.999; the others keras' defaults.
 """
 import keras
-import tensorflow as tf
 
 from ccp import defaults
-from ccp.training.optimizers import AdamLRM
-
-
-class _LRMultipliers:
-    """Mixin: ``set_lr_multiplier(variables, m)``; ``update_step`` scales the learning rate."""
-
-    def _multipliers(self):
-        if not hasattr(self, "_lr_multipliers"):
-            self._lr_multipliers = {}
-        return self._lr_multipliers
-
-    def set_lr_multiplier(self, variables, multiplier):
-        """Multiplies the learning rate of ``variables`` by ``multiplier`` (1.0 removes it)."""
-        for variable in variables:
-            key = self._var_key(variable)
-            if float(multiplier) == 1.0:
-                self._multipliers().pop(key, None)
-            else:
-                self._multipliers()[key] = float(multiplier)
-
-    def lr_multiplier(self, variable):
-        """The multiplier of ``variable`` (1.0 when none was set)."""
-        return self._multipliers().get(self._var_key(variable), 1.0)
-
-    def update_step(self, gradient, variable, learning_rate):
-        multiplier = self._multipliers().get(self._var_key(variable))
-        if multiplier is not None:
-            learning_rate = tf.cast(learning_rate, variable.dtype) * multiplier
-        super().update_step(gradient, variable, learning_rate)
+from ccp.training.optimizers import AdamLRM, LearningRateMultipliers
 
 
 def _with_multipliers(base):
-    cls = type(f"{base.__name__}LRM", (_LRMultipliers, base),
+    cls = type(f"{base.__name__}LRM", (LearningRateMultipliers, base),
                {"__doc__": f"``keras.optimizers.{base.__name__}`` with per-variable learning-rate "
                            "multipliers (set_lr_multiplier)."})
     return keras.saving.register_keras_serializable(package="ccp")(cls)
@@ -80,7 +53,7 @@ def create(name, learning_rate, options=None, optimizer_name=None):
       ValueError: unknown name, or an option the optimizer does not take (named).
     """
     if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r} (--optimizer); valid: {sorted(OPTIMIZERS)}")
+        raise ValueError(f"unknown optimizer {name!r}; valid: {sorted(OPTIMIZERS)}")
     cls, hyper = OPTIMIZERS[name]
     hyper = {**hyper, **(options or {})}
     try:
@@ -88,3 +61,36 @@ def create(name, learning_rate, options=None, optimizer_name=None):
     except TypeError as error:
         raise ValueError(f"optimizer {name!r} does not take {sorted(options or {})}: "
                          f"{error}") from error
+
+
+def build_optimizer(variables, learning_rate, beta_1=defaults.ADAM_BETA_1,
+                    beta_2=defaults.ADAM_BETA_2, epsilon=defaults.ADAM_EPSILON,
+                    lr_multipliers=(), name=None, optimizer="adam", options=None):
+    """An optimizer of :data:`OPTIMIZERS`, built for ``variables``, loss-scaled under
+    ``mixed_float16``. Call inside the strategy scope.
+
+    Args:
+      variables: the variables it will update.
+      learning_rate: float or a ``keras.optimizers.schedules.LearningRateSchedule``.
+      beta_1, beta_2, epsilon: Adam ("adam" only).
+      lr_multipliers: iterable of ``(variables, multiplier)``.
+      name: optimizer name.
+      optimizer: a key of :data:`OPTIMIZERS` ("adam": AdamLRM with beta_1, beta_2, epsilon;
+        the others take ``options``, their keras arguments).
+    Returns:
+      the optimizer (a ``keras.mixed_precision.LossScaleOptimizer`` wrapping it when the
+      global policy is ``mixed_float16``; float16 gradients need loss scaling).
+    """
+    if optimizer == "adam":
+        inner = AdamLRM(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
+                        epsilon=epsilon, name=name)
+    else:  # the reference's other optimizers (issue 15), with the same lr multipliers
+        inner = create(optimizer, learning_rate, options, name)
+    built = inner
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        built = keras.mixed_precision.LossScaleOptimizer(inner, name=f"{name}_loss_scale"
+                                                         if name else None)
+    built.build(list(variables))
+    for group, multiplier in lr_multipliers:
+        inner.set_lr_multiplier(group, multiplier)
+    return built

@@ -73,6 +73,16 @@ def _checked_variables(model, loss, projection, gradient_transforms):
     return model_variables, loss_variables, list(loss.proxy_variables)
 
 
+def _projection_of(optimization, projection):
+    """The Trainer's projection: ``optimization.projection``, or ``projection`` when the
+    optimization was built without one (its proximal term is checked separately)."""
+    own = getattr(optimization, "projection", None)
+    if projection is not None and own is not None and projection is not own:
+        raise ValueError("Trainer(projection=...) differs from the projection given to "
+                         "build_optimization: pass it once, to build_optimization")
+    return own if projection is None else projection
+
+
 def _checkpointed(trainer):
     """What a checkpoint of ``trainer`` holds: ``{name: trackable}``."""
     objects = dict(model=trainer.model, loss=trainer.loss,
@@ -133,8 +143,10 @@ class Trainer:
       loss: a ``ccp.losses`` loss layer, its variables created.
       optimization: :class:`ccp.training.Optimization` (phases, transforms, plateau schedule).
       strategy: a ``tf.distribute.Strategy``; None = ``tf.distribute.get_strategy()``.
-      projection: a :class:`ccp.projection.AlternatingProjection` for CCP (its proximal term
-        must be in ``optimization.gradient_transforms``), or None.
+      projection: the CCP :class:`ccp.projection.AlternatingProjection`; by default
+        ``optimization.projection`` (the one given to ``build_optimization``: pass it there
+        once). Given here too it must be the same object; a projection whose proximal term is
+        not in ``optimization.gradient_transforms`` is refused.
       steps_per_epoch, max_epochs: the epoch loop.
       patience, min_delta: early stopping on validation MAP@R; the best weights are restored at
         the end.
@@ -161,13 +173,13 @@ class Trainer:
             raise TypeError(f"loss must be a ccp.losses loss layer, got {type(loss).__name__}")
         self.model, self.loss, self.optimization = model, loss, optimization
         self.strategy = strategy or tf.distribute.get_strategy()
-        self.projection = projection
+        self.projection = _projection_of(optimization, projection)
         self.steps_per_epoch, self.max_epochs = int(steps_per_epoch), int(max_epochs)
         self.steps_per_execution = int(steps_per_execution)
         self.recall_at = tuple(int(k) for k in recall_at)
         self.progress_bar = bool(progress_bar)
         self.model_variables, self.loss_variables, self.proxy_variables = _checked_variables(
-            model, loss, projection, optimization.gradient_transforms)
+            model, loss, self.projection, optimization.gradient_transforms)
         with self.strategy.scope():
             self.state = TrainerState(list(model.weights) + self.loss_variables, patience,
                                       min_delta)
@@ -370,12 +382,6 @@ def _monitored(projection, metric, record):
     """The value CCP's schedule follows: ``projection.monitor`` of this epoch's record
     ("map_at_r": the validation MAP@R; "loss": the epoch's mean training loss; another name:
     that validation metric, e.g. "precision_at_1", "recall_at_4", "r_precision")."""
-    monitor = getattr(projection, "monitor", "map_at_r")
-    if monitor == "map_at_r":
+    if getattr(projection, "monitor", "map_at_r") == "map_at_r":
         return metric
-    key = "loss" if monitor == "loss" else f"val_{monitor}"
-    if key not in record:
-        valid = sorted(k[4:] for k in record if k.startswith("val_")) + ["loss"]
-        raise ValueError(f"CCP monitor {monitor!r} (--ccp_monitor) is not in this epoch's "
-                         f"metrics; valid: {valid}")
-    return record[key]
+    return projection.monitored_value(record)

@@ -63,7 +63,7 @@ def test_bad_values_are_rejected(value):
 
 
 def test_exclusive_with_fixed_interval():
-    with pytest.raises(ValueError, match="--ccp_projection_every_steps or --ccp_fixed_interval"):
+    with pytest.raises(ValueError, match="projection_every_steps or fixed_interval"):
         projection.AlternatingProjection([tf.Variable(1.0)], None, fixed_interval=2,
                                          projection_every_steps=3)
     with pytest.raises(ValueError, match="fixed_interval"):

@@ -101,5 +101,5 @@ def test_trainer_feeds_the_monitored_metric():
     r4 = projection.AlternatingProjection(_weights(), None, monitor="recall_at_4")
     assert trainer_lib._monitored(r4, 0.3, record) == 0.8
     bad = projection.AlternatingProjection(_weights(), None, monitor="recall_at_3")
-    with pytest.raises(ValueError, match="--ccp_monitor"):
+    with pytest.raises(ValueError, match="monitor="):
         trainer_lib._monitored(bad, 0.3, record)

@@ -63,9 +63,9 @@ def test_build_optimization_optimizers_and_warmup_variants():
     sgd = training.build_optimization(model, loss, optimizer="sgd", momentum=0.9, nesterov=True)
     inner = training.optimizers.inner_optimizer(sgd.train.optimizer)
     assert isinstance(inner, optimizer_registry.SGDLRM) and inner.nesterov
-    with pytest.raises(ValueError, match="--nesterov"):
+    with pytest.raises(ValueError, match="nesterov=True"):
         training.build_optimization(model, loss, nesterov=True)
-    with pytest.raises(ValueError, match="--momentum"):
+    with pytest.raises(ValueError, match="momentum=0.5"):
         training.build_optimization(model, loss, optimizer="adagrad", momentum=0.5)
     warm = training.build_optimization(model, loss, learning_rate=0.01, warmup_epochs=0.5,
                                        warmup_all_layers=True, warmup_lr_multiplier=10.0)

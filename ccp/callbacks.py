@@ -1,0 +1,198 @@
+"""Keras callbacks for ``model.fit``: retrieval validation and CCP's alternating projection.
+
+- :class:`RetrievalEvaluation`: the validation retrieval metrics (SPEC §6: MAP@R, R-precision,
+  P@1, Recall@K) of the model's embeddings after every epoch, put into ``logs`` as
+  ``val_map_at_r``, ``val_r_precision``, ``val_precision_at_1``, ``val_recall_at_<k>``, so
+  Keras' own ``EarlyStopping``, ``ModelCheckpoint``, ``ReduceLROnPlateau`` and ``TensorBoard``
+  use them (``monitor="val_map_at_r", mode="max"``).
+- :class:`AlternatingProjectionCallback`: CCP's schedule (SPEC §5) on the fit path: the model's
+  :class:`ccp.projection.AlternatingProjection` (the same object the Trainer drives)
+  initializes the proxies before training, follows its monitor at every epoch end and
+  projects (anchor, ``lambda_t``, proxies rebuilt by greedy k-center from a pool the user
+  passes). The proximal term is applied in the step by the optimizer
+  (:class:`ccp.training.ReferenceAdam`, attached by :class:`ccp.models.MetricModel`).
+
+Order matters: Keras runs callbacks in list order at each epoch end, so put
+``keras.callbacks.BackupAndRestore`` first (it restores the model, the proxies and the CCP state
+before the projection initializes anything), then :class:`RetrievalEvaluation`, then
+:class:`AlternatingProjectionCallback`, then the callbacks that read the metrics.
+"""
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from ccp import defaults
+from ccp import metrics as metrics_lib
+from ccp.projection import kcenter
+from ccp.training import embedding as embedding_lib
+
+
+class RetrievalEvaluation(keras.callbacks.Callback):
+    """Validation retrieval metrics into the epoch's ``logs`` (query set = reference set).
+
+    Args:
+      validation_data: finite ``tf.data.Dataset`` of ``(images, labels)`` batches.
+      recall_at: ranks of the Recall@K entries.
+      embedder: the model that embeds (``images -> [B, D]``); default the fitted model.
+      prefix: prefix of the logged names ("val_").
+    """
+
+    def __init__(self, validation_data, recall_at=defaults.RECALL_AT, embedder=None,
+                 prefix="val_"):
+        super().__init__()
+        self.validation_data = validation_data
+        self.recall_at = tuple(int(k) for k in recall_at)
+        self.embedder = embedder
+        self.prefix = str(prefix)
+
+    def evaluate(self):
+        """``{name: float}``: map_at_r, r_precision, precision_at_1, recall_at_<k>, ..."""
+        embeddings, labels = embedding_lib.embed_dataset(self.embedder or self.model,
+                                                         self.validation_data)
+        if labels is None:
+            raise ValueError("RetrievalEvaluation needs (images, labels) validation batches")
+        results = metrics_lib.retrieval_metrics(embeddings, labels, recall_at=self.recall_at)
+        return {k: float(v) for k, v in results.items()
+                if isinstance(v, (int, float, np.floating, np.integer))
+                and not isinstance(v, bool)}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs.update({f"{self.prefix}{k}": v for k, v in self.evaluate().items()})
+
+
+def pool_from_dataset(model, dataset, num_classes, per_class=None):
+    """Raw pool embeddings ``[C, P, D]`` from a dataset of ``(images, labels)`` batches.
+
+    Every element is embedded by ``model`` in inference mode; class ``c`` keeps its first ``P``
+    samples in dataset order (a one-per-class stream such as
+    ``data_pipelines.one_per_class_dataset`` gives each class ``P`` in turn).
+
+    Args:
+      model: ``images -> raw embeddings [B, D]``.
+      dataset: finite ``tf.data.Dataset`` with labels in ``[0, num_classes)``.
+      num_classes: ``C``.
+      per_class: ``P``; None: the smallest class count.
+    Raises:
+      ValueError: a class with fewer than ``P`` samples, or a label out of range.
+    """
+    embeddings, labels = embedding_lib.embed_dataset(model, dataset)
+    if labels is None:
+        raise ValueError("the proxy pool dataset must yield (images, labels)")
+    labels = np.asarray(labels, np.int64)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"proxy pool labels must lie in [0, {num_classes}), got "
+                         f"[{labels.min()}, {labels.max()}]")
+    counts = np.bincount(labels, minlength=num_classes)
+    size = int(counts.min()) if per_class is None else int(per_class)
+    short = np.flatnonzero(counts < max(size, 1))
+    if short.size:
+        raise ValueError(f"the proxy pool needs {max(size, 1)} samples of every class; class "
+                         f"{int(short[0])} has {int(counts[short[0]])}")
+    order = np.argsort(labels, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rows = order[starts[:, None] + np.arange(size)[None, :]]      # [C, P] in dataset order
+    return embeddings[rows]
+
+
+class AlternatingProjectionCallback(keras.callbacks.Callback):
+    """CCP's alternating projection (SPEC §5) on ``model.fit``.
+
+    The fitted model is a :class:`ccp.models.MetricModel` built with the projection
+    (``MetricModel(embedder, loss, projection=AlternatingProjection(...))``) and compiled with
+    :class:`ccp.training.ReferenceAdam` (the proximal term). This callback runs the schedule:
+
+    - before training, the initial proxies (greedy k-center from pool 0; nothing on a resume);
+    - at every epoch end, ``projection.on_epoch_end(value)`` with the value of the
+      projection's ``monitor`` from ``logs`` (``"val_" + monitor``, or ``"loss"``): new best
+      snapshots, or a projection (``w_prev`` <- best, ``lambda_t``, proxies rebuilt from pool
+      ``t``); ``logs`` gain ``ccp_instance`` and ``ccp_lambda``, and :attr:`last_decision`
+      holds the :class:`ccp.projection.ScheduleDecision`;
+    - with ``projection_every_steps=N``, a projection after every N optimizer steps (counted by
+      the optimizer's checkpointed ``iterations``; compile with ``steps_per_execution=1`` so
+      batch ends fall on every step).
+
+    Exactly one source of pools:
+      proxy_pool: ``projection_index -> tf.data.Dataset`` of ``(images, labels)`` (``P``
+        samples of every class, e.g. ``data_pipelines.one_per_class_dataset(..., seed=t)``;
+        a pure function of the index makes a resumed run draw the same pools), or one
+        ``tf.data.Dataset`` re-iterated at each projection.
+      proxy_pool_fn: ``(model, projection_index) -> float [C, P, D]`` raw pool embeddings (the
+        Trainer's ``proxy_pool_fn``).
+    A projection with ``random_init`` and no proxy rebuild (``proxy_owner=None``) needs none.
+    """
+
+    def __init__(self, proxy_pool=None, proxy_pool_fn=None):
+        super().__init__()
+        if proxy_pool is not None and proxy_pool_fn is not None:
+            raise ValueError("give proxy_pool or proxy_pool_fn, not both")
+        self.proxy_pool = proxy_pool
+        self.proxy_pool_fn = proxy_pool_fn
+        self._steps_seen = None
+        self.last_decision = None
+
+    @property
+    def projection(self):
+        projection = getattr(self.model, "projection", None)
+        if projection is None:
+            raise ValueError("AlternatingProjectionCallback needs a ccp.models.MetricModel "
+                             "built with a projection: MetricModel(embedder, loss, "
+                             "projection=ccp.projection.AlternatingProjection(...))")
+        return projection
+
+    def _pool(self, index):
+        """Raw pool embeddings ``[C, P, D]`` of projection ``index``."""
+        if self.proxy_pool_fn is not None:
+            return self.proxy_pool_fn(self.model, index)
+        if self.proxy_pool is None:
+            raise ValueError("CCP proxies need proxy_pool (a dataset) or proxy_pool_fn unless "
+                             "the projection has random_init=True")
+        dataset = self.proxy_pool if isinstance(self.proxy_pool, tf.data.Dataset) \
+            else self.proxy_pool(index)
+        projection = self.projection
+        num_classes, per_class, _ = projection.bank_shape
+        rounds = (None if projection.pool_size is None
+                  else kcenter.pool_rounds(projection.pool_size, per_class))
+        return pool_from_dataset(self.model, dataset, num_classes, rounds)
+
+    def _pool_fn(self):
+        if self.projection.has_proxies and (self.proxy_pool is not None
+                                            or self.proxy_pool_fn is not None):
+            return self._pool
+        return None
+
+    def on_train_begin(self, logs=None):
+        event = self.projection.initialize_proxies(self._pool_fn())
+        if event is not None:
+            logging.info("CCP fit: initial proxies %s", event)
+        self._steps_seen = self._optimizer_steps()
+
+    def _optimizer_steps(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def on_train_batch_end(self, batch, logs=None):
+        every = self.projection.projection_every_steps
+        if not every:
+            return
+        now = self._optimizer_steps()
+        offsets = self.projection.projection_offsets(self._steps_seen, now - self._steps_seen)
+        self._steps_seen = now
+        for _ in offsets:
+            self.projection.project(self._pool_fn())
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {} if logs is None else logs
+        projection = self.projection
+        try:
+            value = projection.monitored_value(logs)
+        except ValueError as error:
+            raise ValueError(f"{error}. Put ccp.callbacks.RetrievalEvaluation(validation_data) "
+                             f"before AlternatingProjectionCallback in the callbacks") from None
+        decision = projection.on_epoch_end(value, self._pool_fn())
+        if decision.event is not None:
+            logging.info("CCP fit: epoch %d: %s", epoch + 1, decision.event)
+        self.last_decision = decision
+        state = projection.state_dict()
+        logs.update({"ccp_instance": state["instance"], "ccp_lambda": state["lambda"]})

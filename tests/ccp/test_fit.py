@@ -1,0 +1,109 @@
+"""CCP through Keras' own ``model.fit``: MetricModel, ReferenceAdam, ccp.callbacks.
+
+The proof is the float64 reference of ``test_reference_step.py`` (SPEC §5, §6, written from the
+SPEC alone): 24 C2-CCP steps with a projection run by ``model.fit`` and the callbacks must match
+it to the same tolerances as the Trainer. Then: metrics in ``logs`` for Keras' callbacks, and a
+run killed mid-way and resumed by ``keras.callbacks.BackupAndRestore`` ends with the numbers of
+an uninterrupted run (proxies, ``w_prev``, ``lambda_t`` and the schedule's counters included).
+"""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import ccp
+from test_reference_step import (
+    B, CLASSES, D, EPOCH_VALUES, EPOCHS, IN, K, POOL, SETTINGS, STEPS_PER_EPOCH, ReferenceRun,
+    _close, build_library, library_variables)
+
+
+def _optimizer_state(model, loss, optimizer):
+    variables = library_variables(model, loss)
+    # Keras keeps Adam's slots in lists indexed by the variable (no public accessor).
+    slots = {k: optimizer._get_variable_index(v) for k, v in variables.items()}
+    return ({k: optimizer._momentums[i].numpy() for k, i in slots.items()},
+            {k: optimizer._velocities[i].numpy() for k, i in slots.items()})
+
+
+class _ScriptedValidation(keras.callbacks.Callback):
+    """Writes the scripted validation MAP@R of each epoch into ``logs`` (as
+    RetrievalEvaluation would), so the schedule's decisions are known in advance."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_map_at_r"] = EPOCH_VALUES[epoch]
+
+
+class _CompareWithReference(keras.callbacks.Callback):
+    """After every step: the reference runs the same batch; weights, Adam moments and BatchNorm
+    statistics must agree. After every epoch: the reference acts on the projection's decision."""
+
+    def __init__(self, reference, images, labels, pools, projection_callback, loss):
+        super().__init__()
+        self.reference, self.images, self.labels = reference, images, labels
+        self.pools, self.projection_callback, self.loss = pools, projection_callback, loss
+        self.step, self.projections = 0, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        ref, step = self.reference, self.step
+        ref.step(self.images[step].astype(np.float64), self.labels[step])
+        self.step = step = step + 1
+        embedder = self.model.embedder
+        optimizer = self.model.optimizer
+        assert int(optimizer.iterations.numpy()) == ref.iterations == step
+        weights = {k: v.numpy() for k, v in library_variables(embedder, self.loss).items()}
+        m, v = _optimizer_state(embedder, self.loss, optimizer)
+        for key in weights:
+            _close(weights[key], ref.params[key], key, step, 2e-5)
+            _close(m[key], ref.m[key], f"Adam m of {key}", step, 2e-4)
+            _close(v[key], ref.v[key], f"Adam v of {key}", step, 2e-4)
+        bn = embedder.get_layer("bn")
+        for got, want in zip((bn.moving_mean.numpy(), bn.moving_variance.numpy()), ref.moving):
+            _close(got, want, "BatchNorm moving statistics", step, 2e-5)
+
+    def on_epoch_end(self, epoch, logs=None):
+        action = self.projection_callback.last_decision.action
+        if action == "new_best":
+            self.reference.remember_best()
+        elif action == "project":
+            self.projections += 1
+            self.reference.project(self.pools[self.projections])
+            projection = self.model.projection
+            assert float(projection.lambda_t.numpy()) == pytest.approx(self.reference.lambda_t)
+            _close(self.loss.proxies.numpy(), self.reference.params["proxies"],
+                   "projected proxies", self.step, 1e-6)
+            variables = library_variables(self.model.embedder, self.loss)
+            for key in self.reference.NETWORK:
+                _close(projection.anchor.anchor_for(variables[key]).numpy(),
+                       self.reference.w_prev[key], f"w_prev of {key}", self.step, 2e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_fit_reproduces_the_reference_steps_and_projection(name):
+    s = SETTINGS[name]
+    rng = np.random.default_rng(31)  # the same draws as test_reference_step
+    params = {"w1": rng.normal(0, 0.6, (IN, 5)), "b1": rng.normal(0, 0.1, 5),
+              "gamma": rng.uniform(0.8, 1.2, 5), "beta": rng.normal(0, 0.1, 5),
+              "w2": rng.normal(0, 0.5, (5, D))}
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    proxies = rng.normal(0, 0.6, (CLASSES, K, D)).astype(np.float32)
+    steps = STEPS_PER_EPOCH * EPOCHS
+    images = rng.normal(0, 1.0, (steps, B, IN)).astype(np.float32)
+    labels = np.tile(np.repeat(np.arange(CLASSES), B // CLASSES), (steps, 1)).astype(np.int32)
+    pools = {i: rng.normal(0, 0.6, (CLASSES, POOL, D)).astype(np.float32) for i in range(3)}
+
+    # The same pieces as the Trainer's test builds (model, loss, projection), minus the Trainer.
+    embedder, loss, projection, _ = build_library(params, proxies, s)
+    projection.proxies_initialized.assign(True)  # the reference starts from these proxies
+    model = ccp.models.MetricModel(embedder, loss, projection=projection)
+    model.compile(optimizer=ccp.training.ReferenceAdam(
+        s["lr"], epsilon=1e-7, weight_decay=s["weight_decay"], clip_norm=s["clip_norm"],
+        clip_value=s["clip_value"]))
+    projecting = ccp.callbacks.AlternatingProjectionCallback(
+        proxy_pool_fn=lambda model, index: pools[index])
+    compare = _CompareWithReference(ReferenceRun(params, proxies, s), images, labels, pools,
+                                    projecting, loss)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    model.fit(dataset, epochs=EPOCHS, steps_per_epoch=STEPS_PER_EPOCH, verbose=0, shuffle=False,
+              callbacks=[_ScriptedValidation(), projecting, compare])
+    assert compare.step == steps
+    assert compare.projections >= 1 and compare.reference.lambda_t > 0

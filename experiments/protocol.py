@@ -52,13 +52,33 @@ def check_data(config, splits):
         raise config_lib.ConfigError(
             f"--folds={num_folds} needs at least one training class per fold; "
             f"{config.data.dataset} has {num_classes} training classes")
-    folds = data_pipelines.class_folds(splits.train, num_folds=num_folds)
+    if config.protocol.validation_classes:
+        folds = [held_out_fold(config, splits.train)]
+    else:
+        folds = data_pipelines.class_folds(splits.train, num_folds=num_folds)
+        if num_folds == 1 and not config.protocol.select_on_test:
+            logging.warning("--folds=1 without a validation split: the model trains exactly "
+                            "--max_epochs=%d epochs, no early stopping",
+                            config.protocol.max_epochs)
     smallest = min(fold.train.num_classes for fold in folds)
     if config.data.classes_per_batch > smallest:
         raise config_lib.ConfigError(
             f"--classes_per_batch={config.data.classes_per_batch} exceeds the {smallest} "
             f"training classes of the smallest fold of {config.data.dataset}")
     return folds
+
+
+def held_out_fold(config, train):
+    """--folds=1 --validation_classes=F: one model trains on the first classes of ``train`` and
+    validates on the last ``round(F * C)`` (at least 1) classes, contiguous as the class folds."""
+    classes = train.classes
+    num_val = max(1, int(round(config.protocol.validation_classes * len(classes))))
+    if num_val >= len(classes):
+        raise config_lib.ConfigError(
+            f"--validation_classes={config.protocol.validation_classes} leaves no training class "
+            f"of the {len(classes)} of {config.data.dataset}")
+    return data_pipelines.Fold(index=0, train=train.subset_classes(classes[:-num_val]),
+                               val=train.subset_classes(classes[-num_val:]))
 
 
 def check_weights(config):
@@ -321,15 +341,21 @@ def train_and_report(config, folds, eval_sets):
 def run(config):
     """Runs the whole protocol; returns the results dict (also written to results.json).
 
-    Checks the data first and writes nothing before that; holds the folder's lock while it
-    works; a complete folder is left as it is (its stored results are returned).
+    Checks the output folder (writable) and the data first and writes nothing before that;
+    holds the folder's lock while it works; a complete folder is left as it is (its stored
+    results are returned). A folder whose run has other settings is refused, unless none of its
+    folds finished: that run is then set aside (``config.prev.json``, ``previous_run/``).
     """
-    eval_sets, folds = prepare(config)
     output_dir = config.run.output_dir
+    run_folder.check_output_dir(output_dir)  # first: a wrong path fails before the data check
+    eval_sets, folds = prepare(config)
     os.makedirs(output_dir, exist_ok=True)
     with run_folder.RunLock(output_dir):
-        run_folder.check_config(config.to_dict(), output_dir,
-                                config_lib.ExperimentConfig().to_dict())
+        changed = run_folder.check_config(config.to_dict(), output_dir,
+                                          config_lib.ExperimentConfig().to_dict(),
+                                          allow_restart=True)
+        if changed:  # no fold of the stored run finished: it is set aside, not resumed
+            run_folder.restart(output_dir, changed)
         if run_folder.completed(output_dir):
             logging.info("%s is complete: nothing to do", output_dir)
             results = run_folder.read_json(os.path.join(output_dir, "results.json"))

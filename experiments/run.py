@@ -7,7 +7,9 @@ Every flag is a field of experiments/config.py (``--help`` lists them). ``--flag
 also finds ``experiments/configs/NAME.cfg``; with neither ``--flagfile`` nor ``--dataset`` the
 digits flagfile is used. Re-running with the same --output_dir resumes: finished folds are not
 retrained and an interrupted fold continues from its last checkpoint; a complete folder is left
-as it is. User errors print one line (``error: ...``) and exit with status 2.
+as it is. User errors print one line (``error: ...``) and exit with status 2; a run stopped by
+a full disk (3), a divergence (4), lack of memory (5) or Ctrl-C (130) prints one line saying what
+the folder kept (experiments/faults.py, FAULTS.md); ``--verbose_errors`` shows the traceback.
 """
 import logging as py_logging
 import os
@@ -20,14 +22,17 @@ sys.path.insert(0, str(ROOT))
 from absl import app, flags, logging  # noqa: E402
 
 from experiments import config as config_lib  # noqa: E402
+from experiments import faults  # noqa: E402
 from experiments import flags as flags_lib  # noqa: E402
+from experiments import run_folder  # noqa: E402
 
 flags_lib.define_flags()
 flags.adopt_module_key_flags(flags_lib)
-flags.DEFINE_bool("verbose_errors", False, "Show the traceback of user errors.")
+flags.DEFINE_bool("verbose_errors", False, "Show the traceback of user errors and of stopped "
+                  "runs (disk full, divergence, Ctrl-C).")
 FLAGS = flags.FLAGS
 DEFAULT_FLAGFILE = os.path.join(flags_lib.CONFIGS_DIR, "digits.cfg")
-USAGE_ERROR = 2
+USAGE_ERROR = faults.USAGE_ERROR
 PROJECT_DIRS = tuple(str(ROOT / name) for name in ("ccp", "data_pipelines", "experiments"))
 
 
@@ -47,11 +52,20 @@ def fail(message):
     sys.exit(USAGE_ERROR)
 
 
+HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?", "h")
+
+
 def parse_flags(argv):
     try:
         return FLAGS(preprocess_argv(argv))
     except flags.Error as error:
         fail(error)
+    except SystemExit as exit_:
+        # absl exits with status 1 after printing the help it was asked for: that is success.
+        asked = {a.lstrip("-").split("=")[0] for a in argv[1:] if a.startswith("-")}
+        if exit_.code == 1 and asked & set(HELP_FLAGS):
+            sys.exit(0)
+        raise
 
 
 class _ProjectOnly(py_logging.Filter):
@@ -103,11 +117,24 @@ def main(argv):
     if len(argv) > 1:
         fail(f"unexpected positional arguments: {' '.join(argv[1:])}")
     try:
-        run(flags_lib.config_from_flags(FLAGS))
+        config = flags_lib.config_from_flags(FLAGS)
+        # Before the data check (seconds to minutes): a path that cannot hold a run fails now.
+        run_folder.check_output_dir(config.run.output_dir)
     except (config_lib.UserError, OSError) as error:
         if FLAGS.verbose_errors:
             raise
         fail(error)
+    try:
+        run(config)
+    except BaseException as error:  # noqa: B036  (Ctrl-C too: one line, the folder resumes)
+        if isinstance(error, SystemExit):
+            raise
+        described = faults.describe(error, config.run.output_dir)
+        if described is None or FLAGS.verbose_errors:
+            raise
+        code, message = described
+        print("error: " + message, file=sys.stderr)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -65,23 +65,43 @@ class Checkpointing:
             self.manager.save(checkpoint_number=number)
 
     def restore(self):
-        """Restores the chief's latest checkpoint if there is one; returns its path or None.
+        """Restores the chief's latest readable checkpoint; returns its path or None.
+
+        A damaged checkpoint (truncated or unreadable files) is skipped with a warning naming
+        it, and the previous one is restored instead.
 
         Raises:
           ValueError: the checkpoint was written by a run with other objects (model, loss,
-            optimizer, projection or schedule differ).
+            optimizer, projection or schedule differ), or every checkpoint is damaged.
         """
         if self.manager is None:
             return None
-        path = tf.train.latest_checkpoint(self.checkpoint_dir)  # the chief's, on every worker
-        if path is None:
+        state = tf.train.get_checkpoint_state(self.checkpoint_dir)  # the chief's, every worker
+        if state is None or not state.model_checkpoint_path:
             return None
-        try:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
-        except (AssertionError, ValueError) as error:  # missing objects / other shapes
-            raise ValueError(
-                f"checkpoint {path} does not match this trainer (model, loss, optimizer, "
-                f"projection or schedule differ from the run that wrote it); use another "
-                f"checkpoint folder or the same settings: {error}") from error
-        logging.info("resumed from %s", path)
-        return path
+        paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+        if paths[-1] != state.model_checkpoint_path:
+            paths.append(state.model_checkpoint_path)
+        paths = [p if os.path.isabs(p) else os.path.join(self.checkpoint_dir, p) for p in paths]
+        damaged = []
+        for path in reversed(paths):
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            except (AssertionError, ValueError) as error:  # missing objects / other shapes
+                raise ValueError(
+                    f"checkpoint {path} does not match this trainer (model, loss, optimizer, "
+                    f"projection or schedule differ from the run that wrote it); use another "
+                    f"checkpoint folder or the same settings: {error}") from error
+            except (IndexError, tf.errors.OpError) as error:  # truncated / unreadable files
+                reason = " ".join(str(error).split())[:200] or type(error).__name__
+                logging.warning("checkpoint %s is damaged (%s: %s); trying the one before it",
+                                path, type(error).__name__, reason)
+                damaged.append(path)
+                continue
+            if damaged:
+                logging.warning("resumed from %s instead of the damaged %s", path,
+                                ", ".join(damaged))
+            logging.info("resumed from %s", path)
+            return path
+        raise ValueError(f"every checkpoint in {self.checkpoint_dir} is damaged "
+                         f"({', '.join(damaged)}); delete that folder to train from the start")

@@ -1,0 +1,251 @@
+"""Issue 24: runs that cannot validate, user-caused runtime failures, corrupt run folders.
+
+Real faults throughout: a path under a file and /sys (read-only even for root) as unusable output
+folders, ``--learning_rate=1e10`` for a divergence, SIGINT for Ctrl-C, truncated files for
+damaged checkpoints and config.json. The one injected fault is the full disk: an
+``OSError(ENOSPC)`` raised where the runner writes a fold's result (FAULTS.md says so).
+"""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from experiments import config as config_lib
+from experiments import faults
+from experiments import flags as flags_lib
+from experiments import protocol
+from experiments import run_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RUN = os.path.join(ROOT, "experiments", "run.py")
+CONFIGS = os.path.join(ROOT, "experiments", "configs")
+TINY = ("--steps_per_epoch=2", "--embedding_size=8", "--noreport", "--noexport",
+        "--noprogress_bar", "--tsne_points=0", "--radius_images=0", "--nocompute_nmi")
+
+
+def _cli(*args, prelude=None, timeout=300):
+    """run.py as a process; ``prelude``: Python run first in that process (fault injection)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if prelude is None:
+        command = [sys.executable, RUN, *args]
+    else:
+        command = [sys.executable, "-c",
+                   f"import runpy, sys; sys.argv = {[RUN, *args]!r}; sys.path.insert(0, "
+                   f"{ROOT!r}); {prelude}; runpy.run_path({RUN!r}, run_name='__main__')"]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=timeout)
+
+
+def _last_error(stderr):
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    return errors[0]
+
+
+def _digits(tmp_path, **changes):
+    base = flags_lib.parse_flagfile(os.path.join(CONFIGS, "digits.cfg"))
+    values = dict(output_dir=str(tmp_path / "run"), steps_per_epoch=2, max_epochs=2,
+                  embedding_size=8, ccp_pool_size=3, ccp_proxies_per_class=2, folds=2,
+                  classes_per_batch=2, samples_per_class=4, progress_bar=False,
+                  compute_nmi=False, tsne_points=0, radius_images=0, report=False, export=False)
+    values.update(changes)
+    return config_lib.validate(base.replace(**values))
+
+
+# --- case 1: --folds=1 needs a validation source or a stated budget ----------------------------
+def test_folds_1_without_a_validation_source_is_refused(tmp_path):
+    cub = [f"--data_dir={tmp_path}", "--weights=none", "--folds=1"]
+    with pytest.raises(config_lib.ConfigError, match="--ccp with --folds=1 has no validation "
+                                                     "split.*--validation_classes=0.25"):
+        flags_lib.parse_flagfile("cub.cfg", extra=cub)
+    with pytest.raises(config_lib.ConfigError, match="would train --max_epochs=10000 epochs"):
+        flags_lib.parse_flagfile("cub.cfg", extra=[*cub, "--noccp"])
+    for fine in (["--validation_classes=0.25"], ["--select_on_test"],
+                 ["--ccp_projection_every_steps=100", "--max_epochs=30"],
+                 ["--noccp", "--max_epochs=30"]):
+        flags_lib.parse_flagfile("cub.cfg", extra=[*cub, *fine])
+    with pytest.raises(config_lib.ConfigError, match="--validation_classes holds out"):
+        flags_lib.parse_flagfile("cub.cfg", extra=[*cub[:2], "--validation_classes=0.25"])
+    with pytest.raises(config_lib.ConfigError, match=r"must be in \[0, 1\)"):
+        flags_lib.parse_flagfile("cub.cfg", extra=[*cub, "--validation_classes=1"])
+
+
+@pytest.mark.slow
+def test_validation_classes_drive_early_stopping_and_ccp(tmp_path):
+    """--folds=1 --validation_classes=0.4: the model trains on 3 of the 5 digit classes and
+    validates (MAP@R every epoch, the CCP schedule fed) on the last 2."""
+    config = _digits(tmp_path, folds=1, validation_classes=0.4, classes_per_batch=3)
+    protocol.run(config)
+    stored = json.load(open(os.path.join(config.run.output_dir, "repeat_0", "fold_0",
+                                         "fold_result.json")))
+    assert (stored["train_classes"], stored["val_classes"]) == (3, 2)
+    history = stored["training"]["history"]
+    assert len(history) == 2 and all(r["val_map_at_r"] is not None for r in history)
+    assert all("ccp_action" in r for r in history)
+
+
+# --- case 4: user-caused runtime failures: one line, what was kept, an exit status each ------
+def test_unusable_output_folders_are_refused_before_anything(tmp_path):
+    occupied = tmp_path / "occupied"
+    occupied.write_text("a file")
+    for path, words in ((str(occupied), "is a file, not a folder"),
+                        (str(occupied / "run"), f"{occupied} is a file"),
+                        ("/sys/ccp_test_run", "cannot be written")):  # read-only, even for root
+        with pytest.raises(run_folder.RunFolderError, match=words):
+            run_folder.check_output_dir(path)
+    run_folder.check_output_dir(str(tmp_path / "new" / "run"))
+    assert sorted(os.listdir(tmp_path)) == ["occupied"]  # the probe left nothing
+
+
+def test_cli_checks_the_output_folder_before_the_data(tmp_path):
+    """CUB with an empty --data_dir would fail its data check; the folder fails first."""
+    started = time.monotonic()
+    out = _cli("--flagfile=cub.cfg", f"--data_dir={tmp_path}", "--output_dir=/sys/ccp_run")
+    assert out.returncode == faults.USAGE_ERROR
+    assert "--output_dir=/sys/ccp_run cannot be written" in _last_error(out.stderr)
+    assert time.monotonic() - started < 60
+
+
+def test_describe_gives_each_failure_its_exit_status(tmp_path):
+    import tensorflow as tf
+
+    folder = str(tmp_path)
+    full = tf.errors.ResourceExhaustedError(None, None, "ckpt-3.data: No space left on device")
+    memory = tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+    cases = [(OSError(errno.ENOSPC, "No space left on device"), faults.WRITE_FAILED),
+             (full, faults.WRITE_FAILED), (memory, faults.OUT_OF_MEMORY),
+             (FloatingPointError("non-finite loss at epoch 2. More"), faults.DIVERGED),
+             (KeyboardInterrupt(), faults.INTERRUPTED),
+             (config_lib.ConfigError("bad\nflag"), faults.USAGE_ERROR)]
+    for error, code in cases:
+        status, message = faults.describe(error, folder)
+        assert status == code and "\n" not in message
+    assert faults.describe(ZeroDivisionError("a bug"), folder) is None  # traceback
+    assert len({faults.USAGE_ERROR, faults.WRITE_FAILED, faults.DIVERGED,
+                faults.OUT_OF_MEMORY, faults.INTERRUPTED, 1}) == 6
+
+
+@pytest.mark.slow
+def test_disk_full_says_what_was_kept(tmp_path):
+    """ENOSPC injected where a fold's result is written, after its checkpoints were saved."""
+    out_dir = tmp_path / "run"
+    prelude = ("import errno; from experiments import results; "
+               "results.FoldResult.save = lambda self, d: (_ for _ in ()).throw("
+               "OSError(errno.ENOSPC, 'No space left on device', d))")
+    out = _cli(*TINY, "--max_epochs=2", "--folds=2", f"--output_dir={out_dir}", prelude=prelude)
+    assert out.returncode == faults.WRITE_FAILED, out.stderr[-3000:]
+    line = _last_error(out.stderr)
+    assert "No space left on device" in line
+    assert "checkpoint of epoch 2 of repeat_0/fold_0 kept" in line
+    assert "rerun the same command to resume" in line
+    verbose = _cli(*TINY, "--max_epochs=2", "--folds=2", f"--output_dir={out_dir}",
+                   "--verbose_errors", prelude=prelude)
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+
+
+@pytest.mark.slow
+def test_divergence_then_the_corrected_command_in_the_same_folder(tmp_path):
+    """Cases 4 and 5: --learning_rate=1e10 collapses (exit 4, one line naming the way out);
+    the corrected command restarts the folder, which no fold had finished."""
+    out_dir = tmp_path / "run"
+    diverged = _cli(*TINY, "--max_epochs=2", "--learning_rate=1e10", f"--output_dir={out_dir}")
+    assert diverged.returncode == faults.DIVERGED, diverged.stderr[-3000:]
+    line = _last_error(diverged.stderr)
+    assert line.startswith("error: training diverged: ")
+    assert "rerun with a lower --learning_rate into the same --output_dir" in line
+    fixed = _cli(*TINY, "--max_epochs=2", f"--output_dir={out_dir}")
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert "starting over with the new settings" in fixed.stderr
+    previous = json.load(open(out_dir / "config.prev.json"))
+    assert previous["optimizer"]["learning_rate"] == 1e10
+    assert json.load(open(out_dir / "config.json"))["optimizer"]["learning_rate"] == 1e-3
+    assert (out_dir / "previous_run" / "repeat_0").is_dir() and (out_dir / "COMPLETE").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_checkpoint_and_resumes(tmp_path):
+    out_dir = tmp_path / "run"
+    args = [*TINY, "--max_epochs=400", "--folds=2", "--patience=400", "--ccp_patience=400",
+            f"--output_dir={out_dir}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen([sys.executable, RUN, *args], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    index = out_dir / "repeat_0" / "fold_0" / "checkpoints" / "checkpoint"
+    deadline = time.monotonic() + 240
+    while not index.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == faults.INTERRUPTED, stderr[-3000:]
+    line = _last_error(stderr)
+    assert line.startswith("error: interrupted (Ctrl-C); checkpoint of epoch ")
+    assert "of repeat_0/fold_0 kept" in line and "rerun the same command to resume" in line
+    assert not (out_dir / run_folder.LOCK_FILE).exists()  # the folder is free again
+
+
+# --- case 3: corrupt run-folder files ---------------------------------------------------------
+def test_a_truncated_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+    import tensorflow as tf
+    from ccp.training import checkpointing
+
+    variable = tf.Variable(tf.zeros([256]))
+    folder = str(tmp_path / "checkpoints")
+    saver = checkpointing.Checkpointing({"v": variable}, folder, tf.distribute.get_strategy())
+    for epoch in (1, 2, 3):
+        variable.assign(tf.fill([256], float(epoch)))
+        saver.save(epoch)
+    damaged = os.path.join(folder, "ckpt-3.data-00000-of-00001")
+    data = open(damaged, "rb").read()
+    open(damaged, "wb").write(data[:len(data) // 2])  # the issue's "Read less bytes"
+    variable.assign(tf.zeros([256]))
+    restorer = checkpointing.Checkpointing({"v": variable}, folder, tf.distribute.get_strategy())
+    assert restorer.restore() == os.path.join(folder, "ckpt-2")
+    np.testing.assert_array_equal(variable.numpy(), np.full([256], 2.0))
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "checkpoint " + os.path.join(folder, "ckpt-3") + " is damaged" in warned
+    index = os.path.join(folder, "ckpt-2.index")  # both kept checkpoints damaged
+    open(index, "wb").write(open(index, "rb").read()[:10])
+    with pytest.raises(ValueError, match=f"every checkpoint in {folder} is damaged .*ckpt-2"):
+        restorer.restore()
+
+
+def test_a_damaged_config_json_names_the_file_and_the_way_out(tmp_path):
+    config = config_lib.ExperimentConfig()
+    run_folder.store_config(config.to_dict(), str(tmp_path))
+    path = tmp_path / "config.json"
+    path.write_text(path.read_text()[:100])  # truncated
+    with pytest.raises(run_folder.RunFolderError) as raised:
+        run_folder.check_config(config.to_dict(), str(tmp_path))
+    message = str(raised.value)
+    assert message.startswith(f"{path} is damaged (JSONDecodeError")
+    assert "delete it and rerun" in message and "another --output_dir" in message
+
+
+# --- case 5: a folder with no finished fold accepts new settings -------------------------------
+def test_new_settings_restart_an_unfinished_folder_and_resume_flags_otherwise(tmp_path):
+    folder = str(tmp_path)
+    config = config_lib.ExperimentConfig()
+    run_folder.store_config(config.to_dict(), folder)
+    os.makedirs(tmp_path / "repeat_0" / "fold_0" / "checkpoints")
+    changed = config.replace(learning_rate=0.5, seed=3, flip=False)
+    defaults = config_lib.ExperimentConfig().to_dict()
+    with pytest.raises(config_lib.ConfigError, match="to resume it, rerun with --flip "
+                                                     "--learning_rate=1e-05 --seed=0"):
+        run_folder.check_config(changed.to_dict(), folder, defaults)
+    (tmp_path / "repeat_0" / "fold_0" / "fold_result.json").write_text("{}")
+    with pytest.raises(config_lib.ConfigError, match="and 1 finished fold: to resume it"):
+        run_folder.check_config(changed.to_dict(), folder, defaults, allow_restart=True)
+    os.remove(tmp_path / "repeat_0" / "fold_0" / "fold_result.json")
+    names = run_folder.check_config(changed.to_dict(), folder, defaults, allow_restart=True)
+    assert names == ["flip", "learning_rate", "seed"]
+    run_folder.restart(folder, names)
+    assert sorted(os.listdir(folder)) == ["config.prev.json", "previous_run"]
+    assert os.path.isdir(tmp_path / "previous_run" / "repeat_0" / "fold_0" / "checkpoints")

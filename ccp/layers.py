@@ -2,6 +2,9 @@
 
 - ``LipschitzL2Normalization``: ``n(x) = x / max(||x||, 1)`` with the custom gradient of the
   paper's §4.4 (SPEC §2).
+- ``normalize(x, normalization)``: the normalization a loss applies to embeddings and proxies,
+  by name (``NORMALIZATIONS``): "lipschitz" (SPEC §2, the default) or "l2" (plain ``x / ||x||``,
+  the reference's ``lipschitz_cont: false``, SPEC §4c).
 - ``GlobalPooling``: global average, max, or their sum over the spatial axes (SPEC §1).
 - ``FusedBatchNormalization``: ``keras.layers.BatchNormalization`` with the same weights and
   arithmetic, run by TensorFlow's fused kernel (one op forward, one backward) on 4-D inputs.
@@ -9,8 +12,6 @@
 """
 import keras
 import tensorflow as tf
-
-from ccp import keras_compat
 
 
 @tf.custom_gradient
@@ -40,6 +41,39 @@ def lipschitz_l2_normalize(x):
       float ``[..., D]``: rows longer than 1 projected onto the unit sphere, others unchanged.
     """
     return _lipschitz_l2_normalize_rows(tf.convert_to_tensor(x))
+
+
+def l2_normalize(x):
+    """Plain L2 normalization of the last axis: ``x / ||x||`` (``tf.nn.l2_normalize``, which
+    divides by ``sqrt(max(|x|^2, 1e-12))``), gradient by automatic differentiation.
+
+    The reference's ``lipschitz_cont: false`` (SPEC §4c): every vector lands on the unit sphere,
+    also the short ones the Lipschitz normalization leaves unchanged.
+
+    Args:
+      x: float ``[..., D]``.
+    Returns:
+      float ``[..., D]``.
+    """
+    return tf.math.l2_normalize(tf.convert_to_tensor(x), axis=-1)
+
+
+# The normalizations a loss can apply to its embeddings and proxies, by name.
+NORMALIZATIONS = {"lipschitz": lipschitz_l2_normalize, "l2": l2_normalize}
+
+
+def check_normalization(normalization, owner):
+    """``normalization`` if it names one of ``NORMALIZATIONS``, else a ValueError naming
+    ``owner`` (the class or function that received it)."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"{owner}: normalization must be one of {sorted(NORMALIZATIONS)}, got "
+                         f"{normalization!r}")
+    return normalization
+
+
+def normalize(x, normalization):
+    """``x [..., D]`` normalized by the named method of ``NORMALIZATIONS``."""
+    return NORMALIZATIONS[check_normalization(normalization, "normalize")](x)
 
 
 @keras.saving.register_keras_serializable(package="ccp")
@@ -145,8 +179,8 @@ class GlobalPooling(keras.layers.Layer):
 
 def sublayers(layer):
     """Every layer nested inside ``layer`` (models, layers holding layers), depth first."""
-    if isinstance(layer, keras.layers.Layer):
-        return keras_compat.nested_layers(layer)
+    if hasattr(layer, "_flatten_layers"):
+        return list(layer._flatten_layers(include_self=False, recursive=True))
     found = []
     for child in getattr(layer, "layers", []):
         found.append(child)

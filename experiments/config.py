@@ -105,6 +105,9 @@ class LossConfig:
     proxy_anchor_margin: float = _field(D.PROXY_ANCHOR_MARGIN, "ProxyAnchor delta.")
     proxy_anchor_alpha: float = _field(D.PROXY_ANCHOR_ALPHA, "ProxyAnchor alpha.")
     proxy_nca_temperature: float = _field(D.PROXY_NCA_TEMPERATURE, "ProxyNCA++ temperature.")
+    proxy_nca_proxies_per_class: int = _field(D.PROXY_NCA_PROXIES_PER_CLASS, "ProxyNCA++ "
+                                              "proxies per class (a class's probability sums "
+                                              "their softmax mass).")
     soft_triple_lambda: float = _field(D.SOFT_TRIPLE_LAMBDA, "SoftTriple lambda.")
     soft_triple_gamma: float = _field(D.SOFT_TRIPLE_GAMMA, "SoftTriple gamma.")
     soft_triple_tau: float = _field(D.SOFT_TRIPLE_TAU, "SoftTriple tau (center regularizer).")
@@ -119,7 +122,12 @@ class LossConfig:
     rll_pos_temperature: float = _field(D.RLL_POS_TEMPERATURE, "Ranked-list loss T_p.")
     rll_neg_weight: float = _field(D.RLL_NEG_WEIGHT, "Ranked-list loss lambda.")
     distance: str = _field(D.DISTANCE, "Distance of contrastive, triplet, margin and ranked-list "
-                                       "losses.", registry.DISTANCES)
+                                       "losses (cosine: -x.y, the reference's cos).",
+                           registry.DISTANCES)
+    normalization: str = _field(D.NORMALIZATION, "Normalization of embeddings and proxies in "
+                                                 "every loss: lipschitz (x / max(|x|, 1)) or l2 "
+                                                 "(x / |x|, the reference's lipschitz_cont: "
+                                                 "false).", registry.NORMALIZATIONS)
     rho_p_switch: float = _field(D.RHO_P_SWITCH, "rho-regularization switch probability of "
                                                  "triplet and margin losses (paper: 0.2).")
     miner: str = _field(registry.NO_MINER, "Pair miner of every pair loss.", registry.MINERS)
@@ -375,7 +383,7 @@ POSITIVE_INTS = (
     "embedding_size", "classes_per_batch", "samples_per_class", "steps_per_epoch", "max_epochs",
     "patience", "folds", "repeats", "eval_batch_size", "ccp_proxies_per_class", "ccp_pool_size",
     "ccp_patience", "ccp_min_iterations", "xbm_memory_batches", "soft_triple_centers",
-    "fastap_num_bins", "steps_per_execution",
+    "fastap_num_bins", "steps_per_execution", "proxy_nca_proxies_per_class",
 )
 
 

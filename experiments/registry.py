@@ -42,9 +42,9 @@ def _losses():
 
 
 def _pair_options(cfg):
-    """Options every pair loss takes: the miner and the reduction."""
+    """Options every pair loss takes: the miner, the reduction and the normalization."""
     return dict(miner=None if cfg.miner == NO_MINER else cfg.miner,
-                average_nonzero_only=cfg.average_nonzero_only)
+                average_nonzero_only=cfg.average_nonzero_only, normalization=cfg.normalization)
 
 
 def _contrastive(cfg, num_classes, embedding_size, seed):
@@ -92,30 +92,33 @@ def _ranked_list(cfg, num_classes, embedding_size, seed):
 
 def _normalized_softmax(cfg, num_classes, embedding_size, seed):
     return _losses().NormalizedSoftmaxLoss(
-        num_classes, embedding_size, temperature=cfg.normalized_softmax_temperature)
+        num_classes, embedding_size, temperature=cfg.normalized_softmax_temperature,
+        normalization=cfg.normalization)
 
 
 def _virtual_softmax(cfg, num_classes, embedding_size, seed):
     return _losses().VirtualSoftmaxLoss(
         num_classes, embedding_size, temperature=cfg.virtual_softmax_temperature,
-        margin=cfg.virtual_softmax_margin)
+        margin=cfg.virtual_softmax_margin, normalization=cfg.normalization)
 
 
 def _proxy_anchor(cfg, num_classes, embedding_size, seed):
     return _losses().ProxyAnchorLoss(
-        num_classes, embedding_size, margin=cfg.proxy_anchor_margin, alpha=cfg.proxy_anchor_alpha)
+        num_classes, embedding_size, margin=cfg.proxy_anchor_margin, alpha=cfg.proxy_anchor_alpha,
+        normalization=cfg.normalization)
 
 
 def _proxy_nca(cfg, num_classes, embedding_size, seed):
     return _losses().ProxyNCALoss(
-        num_classes, embedding_size, temperature=cfg.proxy_nca_temperature)
+        num_classes, embedding_size, temperature=cfg.proxy_nca_temperature,
+        proxies_per_class=cfg.proxy_nca_proxies_per_class, normalization=cfg.normalization)
 
 
 def _soft_triple(cfg, num_classes, embedding_size, seed):
     return _losses().SoftTripleLoss(
         num_classes, embedding_size, centers_per_class=cfg.soft_triple_centers,
         lamda=cfg.soft_triple_lambda, gamma=cfg.soft_triple_gamma, tau=cfg.soft_triple_tau,
-        margin=cfg.soft_triple_margin)
+        margin=cfg.soft_triple_margin, normalization=cfg.normalization)
 
 
 LOSSES = {spec.name: spec for spec in (
@@ -171,9 +174,12 @@ EMBEDDED_DATASETS = ("digits", "glyphs")  # rendered in memory: no --data_dir
 POOLINGS = ("avg", "max", "avg+max")
 # Pair miners (a test checks ccp.losses.miners.REGISTRY); "none" mines nothing.
 NO_MINER = "none"
-MINERS = (NO_MINER, "hard_negatives", "distance_weighted", "multi_similarity")
+MINERS = (NO_MINER, "hard_negatives", "distance_weighted", "distance_weighted_reference",
+          "multi_similarity")
 # Distances of the pair losses that take one (a test checks ccp.losses.distances.REGISTRY).
-DISTANCES = ("euclidean", "squared_euclidean", "snr")
+DISTANCES = ("euclidean", "squared_euclidean", "cosine", "snr")
+# Normalizations of embeddings and proxies in the losses (a test checks ccp.layers.NORMALIZATIONS).
+NORMALIZATIONS = ("lipschitz", "l2")
 # data_pipelines.DATA_SOURCES and data_pipelines.pipelines.INPUT_PIPELINES (checked by a test).
 DATA_SOURCES = ("files", "tfds")
 INPUT_PIPELINES = ("generator", "ingraph")

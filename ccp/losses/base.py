@@ -1,15 +1,16 @@
 """Base classes of the loss layers (SPEC §4, §10).
 
 Every loss is a ``keras.layers.Layer`` called as ``layer(labels, embeddings) -> scalar``:
-labels int ``[B]`` or ``[B, 1]``, embeddings RAW float ``[B, D]``. The layer applies the
-Lipschitz L2 normalization (SPEC §2) to the embeddings and to any proxies itself and computes in
-float32 even under a mixed-precision policy.
+labels int ``[B]`` or ``[B, 1]``, embeddings RAW float ``[B, D]``. The layer applies its
+``normalization`` to the embeddings and to any proxies itself, the Lipschitz L2 normalization
+(SPEC §2) unless ``normalization="l2"`` (plain ``x / ||x||``, SPEC §4c), and computes in float32
+even under a mixed-precision policy.
 """
 import keras
 import tensorflow as tf
 
-from ccp import defaults, keras_compat, ops
-from ccp.layers import lipschitz_l2_normalize
+from ccp import defaults, ops
+from ccp.layers import check_normalization, normalize
 from ccp.losses import miners
 
 
@@ -36,16 +37,20 @@ class MetricLoss(keras.layers.Layer):
 
     Subclasses implement :meth:`loss_terms`, returning a dict with the total under "loss" and
     named components (logged by the trainer).
+
+    Args:
+      normalization: of the embeddings and proxies, a name in ``ccp.layers.NORMALIZATIONS``:
+        "lipschitz" (SPEC §2) or "l2" (the reference's ``lipschitz_cont: false``). A loss that
+        wraps another (CCP, XBM, Proxy Synthesis, ...) takes the wrapped loss's
+        (:func:`inherited_normalization`).
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, normalization=defaults.NORMALIZATION, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
+        self.normalization = check_normalization(normalization, type(self).__name__)
 
     def __call__(self, labels, embeddings, *args, **kwargs):
-        # compile(loss=self) on a model that does not track this layer's variables (proxies)
-        # would train them frozen: refuse (ccp.models.MetricModel is the way).
-        keras_compat.check_compiled_loss_tracked(self)
         # Keras only accepts tensors positionally; labels often arrive as lists or numpy.
         return super().__call__(tf.convert_to_tensor(labels), tf.convert_to_tensor(embeddings),
                                 *args, **kwargs)
@@ -61,11 +66,43 @@ class MetricLoss(keras.layers.Layer):
         """Proxy variables (learning-rate multiplier target; not in the proximal term)."""
         return []
 
-    @staticmethod
-    def prepare(labels, embeddings):
-        """int32 ``[B]`` labels and Lipschitz-normalized float32 ``[B, D]`` embeddings."""
+    def normalize(self, x):
+        """``x [..., D]`` normalized by this loss's ``normalization``."""
+        return normalize(x, self.normalization)
+
+    def prepare(self, labels, embeddings):
+        """int32 ``[B]`` labels and normalized float32 ``[B, D]`` embeddings."""
         embeddings = tf.cast(embeddings, tf.float32)
-        return ops.flatten_labels(labels), lipschitz_l2_normalize(embeddings)
+        return ops.flatten_labels(labels), self.normalize(embeddings)
+
+    def get_config(self):
+        config = super().get_config()
+        if self.normalization != defaults.NORMALIZATION:
+            config["normalization"] = self.normalization
+        return config
+
+
+def inherited_normalization(kwargs, wrapped, owner):
+    """The keyword arguments of a wrapper loss with ``normalization`` set to the wrapped loss's.
+
+    The wrapper normalizes the vectors the wrapped loss's ``compute`` receives, so both must
+    agree: a different explicit value is an error naming ``owner``.
+
+    Args:
+      kwargs: the wrapper's keyword arguments (not modified).
+      wrapped: a ``MetricLoss``, or a list of them (which must agree among themselves).
+    """
+    members = wrapped if isinstance(wrapped, (list, tuple)) else [wrapped]
+    found = {member.normalization for member in members}
+    if len(found) > 1:
+        raise ValueError(f"{owner}: the wrapped losses normalize differently ({sorted(found)}); "
+                         "give them one normalization")
+    own = found.pop() if found else defaults.NORMALIZATION
+    given = kwargs.get("normalization", own)
+    if given != own:
+        raise ValueError(f"{owner}: normalization={given!r} differs from the wrapped loss's "
+                         f"{own!r}; the wrapper normalizes with the wrapped loss's")
+    return {**kwargs, "normalization": own}
 
 
 class PairLoss(MetricLoss):
@@ -113,10 +150,12 @@ class PairLoss(MetricLoss):
         """True when no composition switch is on (CCP's fused C2 path requires it)."""
         return self.miner is None and self.average_nonzero_only
 
-    def pair_masks(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
+    def pair_masks(self, pdist, embeddings, labels, ref_embeddings=None, ref_labels=None):
         """``ops.pair_masks`` followed by the miner, if any: ``(pos, neg)`` bool ``[N, M]``.
 
         Args:
+          pdist: float ``[N, M]``, the loss's own pair dissimilarity (its distance, or ``-x.y``
+            for a cosine loss): what the miner ranks by (SPEC §4c).
           embeddings: normalized queries ``[N, D]``; ref_embeddings ``[M, D]`` or None.
         """
         pos, neg = ops.pair_masks(labels, ref_labels)
@@ -128,7 +167,8 @@ class PairLoss(MetricLoss):
             seed = tf.stack([tf.constant(self.miner.seed, tf.int64), step])
             with tf.control_dependencies([seed]):
                 self.miner_counter.assign_add(1)
-        pos, neg = self.miner(embeddings, ref_embeddings, pos, neg, seed=seed)
+        pos, neg = self.miner(tf.stop_gradient(pdist), embeddings, ref_embeddings, pos, neg,
+                              seed=seed)
         return tf.stop_gradient(pos), tf.stop_gradient(neg)
 
     def get_config(self):

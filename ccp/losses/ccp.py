@@ -11,8 +11,8 @@ same numbers as composing ``ContrastiveLoss.compute`` twice, in a fraction of th
 import keras
 import tensorflow as tf
 
-from ccp import ops
-from ccp.losses.base import PairLoss
+from ccp import defaults, ops
+from ccp.losses.base import PairLoss, inherited_normalization
 from ccp.losses.pair import ContrastiveLoss
 from ccp.losses.proxy import ProxyLoss
 
@@ -249,9 +249,11 @@ def fused_contrastive_ccp(labels, embeddings, proxies, proxies_per_class, pos_ma
 
 
 def _is_euclidean_contrastive(loss):
-    """Whether ``loss`` is exactly C2 on the Euclidean distance (no added regularizer, no miner,
-    the default reduction)."""
+    """Whether ``loss`` is exactly C2 on the Euclidean distance of Lipschitz-normalized vectors
+    (no added regularizer, no miner, the default reduction): what the fused path computes."""
     if type(loss) is not ContrastiveLoss or not loss.default_head:
+        return False
+    if loss.normalization != defaults.NORMALIZATION:
         return False
     distance = getattr(loss, "distance", None)
     return distance is None or getattr(distance, "name", None) == "euclidean"
@@ -267,6 +269,10 @@ class CCPLoss(ProxyLoss):
       proxies_per_class: K (8 for CUB/Cars, 4 for SOP/In-shop).
       pair_weight: weight of the batch-vs-batch term (0.1).
       proxy_weight: weight of the sample-vs-proxy term (1.0).
+    Samples and proxies are normalized by the base loss's ``normalization``. Only C2 on the
+    Euclidean distance with the Lipschitz normalization and no miner takes the fused path;
+    every other head (``distance="cosine"``, ``normalization="l2"``, a miner, ...) composes the
+    base loss's ``compute`` twice.
     """
 
     def __init__(self, base_loss, num_classes, embedding_size, proxies_per_class=8,
@@ -275,6 +281,7 @@ class CCPLoss(ProxyLoss):
             base_loss = keras.layers.deserialize(base_loss)
         if not isinstance(base_loss, PairLoss):
             raise TypeError(f"CCPLoss wraps a ccp.losses.PairLoss, got {type(base_loss).__name__}")
+        kwargs = inherited_normalization(kwargs, base_loss, "CCPLoss")
         super().__init__(num_classes, embedding_size, proxies_per_class=proxies_per_class, **kwargs)
         self.base_loss = base_loss
         self.pair_weight, self.proxy_weight = float(pair_weight), float(proxy_weight)

@@ -62,7 +62,7 @@ class CircleLoss(PairLoss):
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
         sims = ops.pairwise_similarities(embeddings, ref_embeddings)
-        pos, neg = self.pair_masks(embeddings, labels, ref_embeddings, ref_labels)
+        pos, neg = self.pair_masks(-sims, embeddings, labels, ref_embeddings, ref_labels)
         return circle(sims, pos, neg, self.margin, self.gamma)
 
     def get_config(self):

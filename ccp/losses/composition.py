@@ -11,7 +11,7 @@
 import keras
 import tensorflow as tf
 
-from ccp.losses.base import PairLoss
+from ccp.losses.base import PairLoss, inherited_normalization
 from ccp.losses.distances import SquaredEuclideanDistance  # noqa: F401 (defined there, registry)
 from ccp.losses.proxy import ProxyLoss
 
@@ -40,6 +40,7 @@ class ProxyPairLoss(ProxyLoss):
         if not isinstance(base_loss, PairLoss):
             raise TypeError("ProxyPairLoss wraps a ccp.losses.PairLoss, got "
                             f"{type(base_loss).__name__}")
+        kwargs = inherited_normalization(kwargs, base_loss, "ProxyPairLoss")
         super().__init__(num_classes, embedding_size, proxies_per_class=proxies_per_class, **kwargs)
         self.base_loss = base_loss
         self.intra_proxy_pairs = bool(intra_proxy_pairs)

@@ -4,8 +4,8 @@ A distance is a small serializable object: ``distance(a, b=None) -> [N, M]`` (ro
 columns references, ``b=None`` meaning the anchors are their own references with a zero
 diagonal) and ``distance.regularizer(embeddings [B, D]) -> scalar`` (a term the loss adds on its
 query embeddings; 0 for the Euclidean distances). Losses take
-``distance="euclidean" | "squared_euclidean" | "snr"`` or an instance; :func:`get` is the one
-place that resolves a name.
+``distance="euclidean" | "squared_euclidean" | "cosine" | "snr"`` or an instance; :func:`get` is
+the one place that resolves a name.
 """
 import keras
 import tensorflow as tf
@@ -48,6 +48,23 @@ class SquaredEuclideanDistance(Distance):
 
 
 @keras.saving.register_keras_serializable(package="ccp")
+class CosineDistance(Distance):
+    """The reference's ``distance_function: cos`` (SPEC §4c): ``pdist(a_i, b_j) = -(a_i . b_j)``
+    of the normalized vectors, in ``[-1, 1]``.
+
+    Not a true cosine when a norm is < 1 (the Lipschitz normalization leaves short vectors as
+    they are), and no shift: a loss applies its own formula and margins to ``-x.y`` unchanged
+    (C2's ``relu(m- - pdist)`` with ``m- = 0.5`` is active for every negative pair with
+    ``x.y > -0.5``).
+    """
+
+    name = "cosine"
+
+    def __call__(self, a, b=None):
+        return -ops.pairwise_similarities(a, b)
+
+
+@keras.saving.register_keras_serializable(package="ccp")
 class SNRDistance(Distance):
     """SNR distance ``var(b_j - a_i) / var(a_i)`` (Yuan et al., CVPR 2019), ``ops.snr_distances``.
 
@@ -77,7 +94,8 @@ class SNRDistance(Distance):
         return {"regularization_weight": self.regularization_weight}
 
 
-REGISTRY = {cls.name: cls for cls in (EuclideanDistance, SquaredEuclideanDistance, SNRDistance)}
+REGISTRY = {cls.name: cls for cls in (EuclideanDistance, SquaredEuclideanDistance, CosineDistance,
+                                      SNRDistance)}
 
 
 def get(identifier):

@@ -91,7 +91,7 @@ class FastAPLoss(PairLoss):
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
         sq_dists = ops.pairwise_distances(embeddings, ref_embeddings, squared=True)
-        pos, neg = self.pair_masks(embeddings, labels, ref_embeddings, ref_labels)
+        pos, neg = self.pair_masks(sq_dists, embeddings, labels, ref_embeddings, ref_labels)
         return fast_ap(sq_dists, pos, neg, self.num_bins)
 
     def get_config(self):

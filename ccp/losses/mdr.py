@@ -23,7 +23,7 @@ import keras
 import tensorflow as tf
 
 from ccp import defaults, ops
-from ccp.losses.base import MetricLoss, PairLoss
+from ccp.losses.base import MetricLoss, PairLoss, inherited_normalization
 from ccp.losses.composition import ForwardsProxies
 
 
@@ -59,7 +59,8 @@ class MultiLevelDistanceRegularization(ForwardsProxies, MetricLoss):
         if not isinstance(base_loss, MetricLoss):
             raise TypeError("MultiLevelDistanceRegularization wraps a ccp.losses loss layer, got "
                             f"{type(base_loss).__name__}")
-        super().__init__(**kwargs)
+        super().__init__(**inherited_normalization(kwargs, base_loss,
+                                                   "MultiLevelDistanceRegularization"))
         self.base_loss = base_loss
         self.weight, self.level_penalty = float(weight), float(level_penalty)
         self.momentum = float(momentum)

@@ -112,8 +112,9 @@ def margin_loss(dists, pos_mask, neg_mask, margin, beta, nonzero_only=True):
 class ContrastiveLoss(PairLoss):
     """C2: contrastive loss with two margins (SPEC §4).
 
-    ``distance``: "euclidean" (default), "snr" or a ``ccp.losses.distances.Distance``; its
-    regularizer (SNR: zero-mean) is added on the query embeddings. ``miner`` and
+    ``distance``: "euclidean" (default), "squared_euclidean", "cosine" (the reference's
+    ``-x.y``, SPEC §4c), "snr" or a ``ccp.losses.distances.Distance``; its regularizer (SNR:
+    zero-mean) is added on the query embeddings. ``miner`` and
     ``average_nonzero_only``: the composition switches of ``PairLoss``.
     """
 
@@ -126,7 +127,7 @@ class ContrastiveLoss(PairLoss):
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
         dists = self.distance(embeddings, ref_embeddings)
-        pos, neg = self.pair_masks(embeddings, labels, ref_embeddings, ref_labels)
+        pos, neg = self.pair_masks(dists, embeddings, labels, ref_embeddings, ref_labels)
         loss = contrastive(dists, pos, neg, self.pos_margin, self.neg_margin,
                            self.average_nonzero_only)
         return loss + self.distance.regularizer(embeddings)
@@ -148,7 +149,7 @@ class CosineContrastiveLoss(PairLoss):
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
         sims = ops.pairwise_similarities(embeddings, ref_embeddings)
-        pos, neg = self.pair_masks(embeddings, labels, ref_embeddings, ref_labels)
+        pos, neg = self.pair_masks(-sims, embeddings, labels, ref_embeddings, ref_labels)
         return cosine_contrastive(sims, pos, neg, self.margin)
 
     def get_config(self):
@@ -175,7 +176,7 @@ class TripletLoss(RhoSwitchMixin, PairLoss):
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
         dists = self.distance(embeddings, ref_embeddings)
-        pos, neg = self.pair_masks(embeddings, labels, ref_embeddings, ref_labels)
+        pos, neg = self.pair_masks(dists, embeddings, labels, ref_embeddings, ref_labels)
         dists, pos, neg = self._maybe_switch(dists, pos, neg)
         loss = triplet(dists, pos, neg, self.margin, self.average_nonzero_only)
         return loss + self.distance.regularizer(embeddings)
@@ -188,6 +189,9 @@ class TripletLoss(RhoSwitchMixin, PairLoss):
 @keras.saving.register_keras_serializable(package="ccp")
 class MultiSimilarityLoss(PairLoss):
     """Multi-similarity loss; no pair mining by default, as the reference (SPEC §4).
+
+    Always on ``x.y`` (pdist ``-x.y``): the reference forces ``distance_function: cos`` for MS,
+    so MS takes no ``distance``; a miner ranks by ``-x.y``.
 
     ``mining=True`` is the MS paper's mining step (``miners.multi_similarity``); any other
     ``miner`` runs before it.
@@ -202,7 +206,7 @@ class MultiSimilarityLoss(PairLoss):
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
         sims = ops.pairwise_similarities(embeddings, ref_embeddings)
-        pos, neg = self.pair_masks(embeddings, labels, ref_embeddings, ref_labels)
+        pos, neg = self.pair_masks(-sims, embeddings, labels, ref_embeddings, ref_labels)
         return multi_similarity(sims, pos, neg, self.alpha, self.beta, self.base,
                                 self.mining, self.mining_epsilon)
 
@@ -244,7 +248,7 @@ class MarginLoss(RhoSwitchMixin, PairLoss):
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
         dists = self.distance(embeddings, ref_embeddings)
-        pos, neg = self.pair_masks(embeddings, labels, ref_embeddings, ref_labels)
+        pos, neg = self.pair_masks(dists, embeddings, labels, ref_embeddings, ref_labels)
         dists, pos, neg = self._maybe_switch(dists, pos, neg)
         if self.num_classes is None:
             beta = tf.convert_to_tensor(self.beta)

@@ -6,8 +6,7 @@ Each layer owns a proxy bank ``.proxies`` (``[num_classes * K, D]``, class-major
 import keras
 import tensorflow as tf
 
-from ccp import ops
-from ccp.layers import lipschitz_l2_normalize
+from ccp import defaults, ops
 from ccp.losses.base import MetricLoss
 
 
@@ -32,6 +31,9 @@ def proxy_anchor(sims, pos_mask, neg_mask, margin, alpha):
 
 def proxy_nca(sims, pos_mask, temperature):
     """ProxyNCA++ (SPEC §4): ``-log(1e-16 + softmax mass on own-class proxies)``, mean over rows.
+
+    With ``K > 1`` proxies per class the softmax runs over all ``C*K`` proxies and the class
+    probability is the mass on the sample's ``K`` own-class proxies (SPEC §4c).
 
     Args:
       sims: float ``[B, P]`` sample-vs-proxy similarities; pos_mask: bool ``[B, P]``.
@@ -118,7 +120,8 @@ class ProxyLoss(MetricLoss):
         self.proxies.assign(new)
 
     def normalized_proxies(self):
-        return lipschitz_l2_normalize(tf.convert_to_tensor(self.proxies))
+        """The proxy bank ``[C*K, D]`` normalized by the loss's ``normalization``."""
+        return self.normalize(tf.convert_to_tensor(self.proxies))
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes,
@@ -147,11 +150,22 @@ class ProxyAnchorLoss(ProxyLoss):
 
 @keras.saving.register_keras_serializable(package="ccp")
 class ProxyNCALoss(ProxyLoss):
-    """ProxyNCA++ in the reference's form: ProxyNCA with a temperature, one proxy per class."""
+    """ProxyNCA++ in the reference's form: ProxyNCA with a temperature.
 
-    def __init__(self, num_classes, embedding_size, temperature=0.1, **kwargs):
-        super().__init__(num_classes, embedding_size, proxies_per_class=1, **kwargs)
+    Args:
+      num_classes, embedding_size: the bank is ``[num_classes * K, D]``, class-major.
+      temperature: T.
+      proxies_per_class: K (the reference's ``proxy_per_class``, 1 by default); with K > 1 a
+        sample's class probability is the softmax mass on its class's K proxies (SPEC §4c).
+    """
+
+    def __init__(self, num_classes, embedding_size, temperature=defaults.PROXY_NCA_TEMPERATURE,
+                 proxies_per_class=defaults.PROXY_NCA_PROXIES_PER_CLASS, **kwargs):
+        super().__init__(num_classes, embedding_size, proxies_per_class=proxies_per_class,
+                         **kwargs)
         self.temperature = float(temperature)
+        if self.temperature <= 0:
+            raise ValueError(f"ProxyNCALoss: temperature must be > 0, got {temperature}")
         self.build()
 
     def loss_terms(self, labels, embeddings, training=None):
@@ -161,7 +175,8 @@ class ProxyNCALoss(ProxyLoss):
         return {"loss": proxy_nca(sims, pos, self.temperature)}
 
     def get_config(self):
-        return {**super().get_config(), "temperature": self.temperature}
+        return {**super().get_config(), "temperature": self.temperature,
+                "proxies_per_class": self.proxies_per_class}
 
 
 @keras.saving.register_keras_serializable(package="ccp")

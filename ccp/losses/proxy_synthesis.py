@@ -20,8 +20,8 @@ import keras
 import tensorflow as tf
 
 from ccp import defaults, ops
-from ccp.layers import lipschitz_l2_normalize
-from ccp.losses.base import MetricLoss
+from ccp.layers import normalize
+from ccp.losses.base import MetricLoss, inherited_normalization
 from ccp.losses.composition import ForwardsProxies
 from ccp.losses.proxy import ProxyAnchorLoss, ProxyNCALoss, proxy_anchor, proxy_nca
 
@@ -57,12 +57,14 @@ def beta_sample(alpha, seed):
 
 
 def synthesize(x, labels, proxies, num_classes, proxies_per_class, mix_rate, mu,
-               classes_per_batch=None):
+               classes_per_batch=None, normalization=defaults.NORMALIZATION):
     """Synthetic samples, proxies and their pseudo labels.
 
     Args:
       x: normalized float ``[B, D]``; labels: int32 ``[B]`` (valid class ids).
       proxies: normalized class-major ``[C*K, D]``; mix_rate: float scalar lambda.
+      normalization: of the mixtures, a name in ``ccp.layers.NORMALIZATIONS`` (the base
+        loss's).
     Returns:
       ``(synthetic samples [S, D], synthetic proxies [S, D], pseudo labels int32 [S])``.
     """
@@ -76,8 +78,8 @@ def synthesize(x, labels, proxies, num_classes, proxies_per_class, mix_rate, mu,
     if classes_per_batch is not None:
         index = index % classes_per_batch
     pseudo = num_classes + index
-    return (lipschitz_l2_normalize(mixed_x[:count]), lipschitz_l2_normalize(mixed_w[:count]),
-            pseudo)
+    return (normalize(mixed_x[:count], normalization),
+            normalize(mixed_w[:count], normalization), pseudo)
 
 
 @keras.saving.register_keras_serializable(package="ccp")
@@ -104,7 +106,7 @@ class ProxySynthesisLoss(ForwardsProxies, MetricLoss):
             raise TypeError("ProxySynthesisLoss wraps ProxyNCALoss, ProxyAnchorLoss, "
                             "NormalizedSoftmaxLoss or VirtualSoftmaxLoss, got "
                             f"{type(base_loss).__name__}")
-        super().__init__(**kwargs)
+        super().__init__(**inherited_normalization(kwargs, base_loss, "ProxySynthesisLoss"))
         self.base_loss = base_loss
         self.alpha, self.mu, self.seed = float(alpha), float(mu), int(seed)
         if self.alpha <= 0:
@@ -140,7 +142,7 @@ class ProxySynthesisLoss(ForwardsProxies, MetricLoss):
         lam = self.draw_mix_rate() if mix_rate is None else tf.cast(mix_rate, tf.float32)
         fake_x, fake_w, pseudo = synthesize(x, labels, proxies, base.num_classes,
                                             base.proxies_per_class, lam, self.mu,
-                                            self.classes_per_batch)
+                                            self.classes_per_batch, self.normalization)
         loss = _proxy_loss_function(base)(
             base, tf.concat([x, fake_x], axis=0), tf.concat([labels, pseudo], axis=0),
             tf.concat([proxies, fake_w], axis=0), tf.concat([base.proxy_labels, pseudo], axis=0))

@@ -83,7 +83,7 @@ class RankedListLoss(PairLoss):
 
     def compute(self, embeddings, labels, ref_embeddings=None, ref_labels=None):
         dists = self.distance(embeddings, ref_embeddings)
-        pos, neg = self.pair_masks(embeddings, labels, ref_embeddings, ref_labels)
+        pos, neg = self.pair_masks(dists, embeddings, labels, ref_embeddings, ref_labels)
         loss = ranked_list(dists, pos, neg, self.boundary, self.margin, self.neg_temperature,
                            self.pos_temperature, self.neg_weight)
         return loss + self.distance.regularizer(embeddings)

@@ -2,7 +2,7 @@
 import keras
 import tensorflow as tf
 
-from ccp.losses.base import MetricLoss, PairLoss
+from ccp.losses.base import MetricLoss, PairLoss, inherited_normalization
 from ccp.losses.composition import ForwardsProxies
 
 
@@ -32,7 +32,7 @@ class WeightedLoss(ForwardsProxies, PairLoss):
             if not isinstance(loss, MetricLoss):
                 raise TypeError("WeightedLoss sums ccp.losses loss layers, got "
                                 f"{type(loss).__name__}")
-        super().__init__(**kwargs)
+        super().__init__(**inherited_normalization(kwargs, losses, "WeightedLoss"))
         self.losses_ = losses
         self.weights_ = [float(w) for w in weights]
         self.build()

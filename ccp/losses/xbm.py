@@ -17,7 +17,7 @@ The queue, its labels, write position and step counter are non-trainable layer w
 import keras
 import tensorflow as tf
 
-from ccp.losses.base import MetricLoss, PairLoss
+from ccp.losses.base import MetricLoss, PairLoss, inherited_normalization
 from ccp.losses.ccp import CCPLoss
 from ccp.losses.composition import ForwardsProxies
 
@@ -43,7 +43,7 @@ class CrossBatchMemory(ForwardsProxies, MetricLoss):
         if not isinstance(loss, (PairLoss, CCPLoss)):
             raise TypeError(
                 f"CrossBatchMemory wraps a PairLoss or CCPLoss, got {type(loss).__name__}")
-        super().__init__(**kwargs)
+        super().__init__(**inherited_normalization(kwargs, loss, "CrossBatchMemory"))
         if memory_size < 1:
             raise ValueError(f"memory_size must be >= 1, got {memory_size}")
         self.loss = loss

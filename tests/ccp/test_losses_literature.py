@@ -261,16 +261,18 @@ def test_fastap_is_one_minus_exact_ap_when_bins_separate_the_distances():
     assert value == pytest.approx(1 - (1 / 2 + 2 / 3) / 2, abs=1e-5)
 
 
-def hard_negative_pairs(x, y):
+def hard_negative_pairs(x, y, pdist=None):
     """The pairs a hard-negative miner keeps: every positive, and per anchor its k closest
-    negatives (ties kept), k the largest number of positives of any anchor."""
+    negatives by the loss's own ``pdist`` (ties kept), k the largest number of positives of
+    any anchor. ``pdist``: Euclidean by default; ``-x.y`` for a cosine loss (SPEC §4c)."""
+    pdist = euclid if pdist is None else pdist
     pairs = {i: list(partners(i, y, None)) for i in range(len(x))}
     k = max(1, max(sum(same for _, same in p) for p in pairs.values()))
     keep = set()
     for i, p in pairs.items():
-        negatives = sorted(euclid(x[i], x[j]) for j, same in p if not same)
+        negatives = sorted(pdist(x[i], x[j]) for j, same in p if not same)
         kth = negatives[min(k, len(negatives)) - 1]
-        keep |= {(i, j) for j, same in p if same or euclid(x[i], x[j]) <= kth}
+        keep |= {(i, j) for j, same in p if same or pdist(x[i], x[j]) <= kth}
     return keep
 
 
@@ -279,7 +281,8 @@ def test_new_losses_take_a_miner(name):
     make, reference = NEW_CASES[name]
     layer = type(make())(miner="hard_negatives")
     x, y = batch(3, 2, 4, seed=24)
-    keep = hard_negative_pairs(lip(x), y)
+    cosine = name == "circle"  # Circle's pdist is -x.y
+    keep = hard_negative_pairs(lip(x), y, (lambda a, b: -float(a @ b)) if cosine else None)
     assert len(keep) < len(y) * (len(y) - 1)  # the miner drops pairs
     assert float(layer(y, x)) == pytest.approx(reference(lip(x), y, keep=keep), rel=1e-4)
 
@@ -312,9 +315,9 @@ def test_distance_registry_and_errors():
     assert distances.get(snr_distance) is snr_distance
     assert distances.get(distances.serialize(snr_distance)) == snr_distance
     assert distances.get("snr").regularization_weight == defaults.SNR_REGULARIZATION_WEIGHT
-    with pytest.raises(ValueError, match=r"distance must be one of \['euclidean', 'snr', "
-                                         r"'squared_euclidean'\]"):
-        losses.TripletLoss(distance="cosine")
+    with pytest.raises(ValueError, match=r"distance must be one of \['cosine', 'euclidean', "
+                                         r"'snr', 'squared_euclidean'\]"):
+        losses.TripletLoss(distance="angular")
     squared = distances.get("squared_euclidean")
     a = np.array([[0.0, 1.0], [2.0, 0.0]])
     np.testing.assert_allclose(squared(tf.constant(a)).numpy(), [[0.0, 5.0], [5.0, 0.0]])

@@ -470,8 +470,9 @@ def test_pair_losses_with_a_miner_values_and_gradients(miner, loss):
     layer = make(miner)
     v0 = lip(x)
     pos, neg = masks_of(y, None, len(y), len(y))
-    if miner == "hard_negatives":
-        keep = np_hard_negatives(np_distance_matrix(v0), pos, neg)
+    if miner == "hard_negatives":  # ranked by the loss's own pdist: -x.y for MS (SPEC §4c)
+        pdist = -(v0 @ v0.T) if loss == "ms" else np_distance_matrix(v0)
+        keep = np_hard_negatives(pdist, pos, neg)
     else:
         keep = np_ms_mining(v0 @ v0.T, pos, neg, 0.1)
     value, (gx,) = value_and_grads(lambda v: layer(y, v), x)

@@ -13,6 +13,8 @@
 import keras
 import tensorflow as tf
 
+from ccp import keras_compat
+
 
 @tf.custom_gradient
 def _lipschitz_l2_normalize_rows(x):
@@ -179,8 +181,8 @@ class GlobalPooling(keras.layers.Layer):
 
 def sublayers(layer):
     """Every layer nested inside ``layer`` (models, layers holding layers), depth first."""
-    if hasattr(layer, "_flatten_layers"):
-        return list(layer._flatten_layers(include_self=False, recursive=True))
+    if isinstance(layer, keras.layers.Layer):
+        return keras_compat.nested_layers(layer)
     found = []
     for child in getattr(layer, "layers", []):
         found.append(child)

@@ -9,7 +9,7 @@ even under a mixed-precision policy.
 import keras
 import tensorflow as tf
 
-from ccp import defaults, ops
+from ccp import defaults, keras_compat, ops
 from ccp.layers import check_normalization, normalize
 from ccp.losses import miners
 
@@ -51,6 +51,9 @@ class MetricLoss(keras.layers.Layer):
         self.normalization = check_normalization(normalization, type(self).__name__)
 
     def __call__(self, labels, embeddings, *args, **kwargs):
+        # compile(loss=self) on a model that does not track this layer's variables (proxies)
+        # would train them frozen: refuse (ccp.models.MetricModel is the way).
+        keras_compat.check_compiled_loss_tracked(self)
         # Keras only accepts tensors positionally; labels often arrive as lists or numpy.
         return super().__call__(tf.convert_to_tensor(labels), tf.convert_to_tensor(embeddings),
                                 *args, **kwargs)

@@ -9,8 +9,10 @@ for SPEC §6 training batches (32 = 8 classes x 4 images, 227x227 random-resized
 * "TFRecord, in-graph": data_pipelines.load(..., data_source="tfds") + train_dataset(
   input_pipeline="ingraph"): encoded images read once from the TFRecord shards (parallel
   interleave, timed separately), no Python in the graph;
-* "raw files, in-graph": the raw folder, the same in-graph pipeline (one file read per image);
-* "raw files, generator": today's default, the numpy sampler through from_generator.
+* "raw files, in-graph": the raw folder, the same in-graph pipeline (one file read per image;
+  the default training input since 2026-12);
+* "raw files, generator": the numpy sampler through from_generator (the default before; kept
+  as ``--input_pipeline=generator`` to reproduce earlier runs' batches).
 
 All three run the same decode + augmentation graph; methods alternate over `--repeats` rounds and
 the median is reported, with the ratios to the generator pipeline measured in the same run.
@@ -119,13 +121,13 @@ def main(argv=None):
         print(f"TFRecord pipeline built (encoded images read from the shards) in "
               f"{time.perf_counter() - begin:.2f} s")
         methods["raw files, in-graph"] = pipeline(raw.train, "ingraph")
-        methods["raw files, generator (today's default)"] = pipeline(raw.train, "generator")
+        methods["raw files, generator (the old default)"] = pipeline(raw.train, "generator")
         rates = {name: [] for name in methods}
         for _ in range(args.repeats):
             for name, dataset in methods.items():
                 rates[name].append(images_per_second(dataset, args.batches))
 
-    baseline = statistics.median(rates["raw files, generator (today's default)"])
+    baseline = statistics.median(rates["raw files, generator (the old default)"])
     for name, values in rates.items():
         median = statistics.median(values)
         print(f"  {name:40s} {median:8.1f} images/s  ({median / baseline:.2f}x the generator; "

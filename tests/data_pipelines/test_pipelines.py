@@ -24,7 +24,7 @@ def _decoded(path):
 
 def test_train_batches_shapes_labels_and_sampler_order(jpeg_records):
     dataset = data_pipelines.train_dataset(jpeg_records, classes_per_batch=3, samples_per_class=2,
-                                           seed=5, image_size=SIZE)
+                                           seed=5, image_size=SIZE, input_pipeline="generator")
     assert dataset.element_spec[0].shape.as_list() == [6, SIZE, SIZE, 3]
     assert dataset.element_spec[1].dtype == tf.int32
     sampler = MPerClassSampler(jpeg_records.labels, 3, 2, seed=5)
@@ -58,7 +58,8 @@ def test_train_in_memory_and_argument_errors():
     sampler = MPerClassSampler(records.labels, 2, 2, seed=4)
     batches = _batches(data_pipelines.train_dataset(records, classes_per_batch=2,
                                                     samples_per_class=2, seed=4,
-                                                    image_size=20, min_area=1.0, flip=False), 2)
+                                                    image_size=20, min_area=1.0, flip=False,
+                                                    input_pipeline="generator"), 2)
     for (x, y), indices in zip(batches, sampler.batches()):
         np.testing.assert_array_equal(y, records.class_indices()[indices])
         # min_area=1, no flip: the whole image, resized to its own size, unchanged.

@@ -29,12 +29,12 @@ def _digits(**changes):
 
 def test_tpu_needs_a_name_the_ingraph_pipeline_and_a_tfds_copy():
     with pytest.raises(config_lib.ConfigError) as raised:
-        config_lib.validate(_digits(strategy="tpu"))
+        config_lib.validate(_digits(strategy="tpu", input_pipeline="generator"))
     message = str(raised.value)
     for flag in ("--tpu", "--input_pipeline=ingraph", "--data_source=tfds"):
         assert flag in message
     assert "\n" not in message
-    ingraph_only = _digits(strategy="tpu", tpu="my-tpu", input_pipeline="ingraph")
+    ingraph_only = _digits(strategy="tpu", tpu="my-tpu")  # the in-graph sampler by default
     with pytest.raises(config_lib.ConfigError, match="--data_source=tfds") as raised:
         config_lib.validate(ingraph_only)
     assert "--input_pipeline" not in str(raised.value)
@@ -49,7 +49,8 @@ def test_tpu_flag_errors_are_one_line_before_tensorflow_starts(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     out = subprocess.run(
         [sys.executable, "-X", "importtime", os.path.join(ROOT, "experiments", "run.py"),
-         "--strategy=tpu", "--tpu=my-tpu", f"--output_dir={tmp_path / 'out'}"],
+         "--strategy=tpu", "--tpu=my-tpu", "--input_pipeline=generator",
+         f"--output_dir={tmp_path / 'out'}"],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]

@@ -48,7 +48,7 @@ flags.DEFINE_enum("regime", "scratch", ["scratch", "pretrained"],
                   "pretrained: the paper's regime (fine-tuning the symbols-pretrained backbone; "
                   "learning rates chosen on validation; C2/MS vs their CCP versions, paired by "
                   "seed; CCP's knobs; the same budget from scratch), see pretrained_study().")
-flags.DEFINE_list("lr_grid", ["1e-4", "3e-4", "1e-3", "3e-3"], "--regime=pretrained: "
+flags.DEFINE_list("lr_grid", ["1e-4", "3e-4", "1e-3", "3e-3", "1e-2"], "--regime=pretrained: "
                   "learning rates of the validation grid (seed 0; every method the same grid).")
 flags.DEFINE_integer("seeds", 5, "--regime=pretrained: seeds of the main comparison.")
 flags.DEFINE_integer("scratch_seeds", 3, "--regime=pretrained: seeds of the same budget "

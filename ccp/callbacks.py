@@ -12,10 +12,12 @@
   passes). The proximal term is applied in the step by the optimizer
   (:class:`ccp.training.ReferenceAdam`, attached by :class:`ccp.models.MetricModel`).
 
-Order matters: Keras runs callbacks in list order at each epoch end, so put
-``keras.callbacks.BackupAndRestore`` first (it restores the model, the proxies and the CCP state
-before the projection initializes anything), then :class:`RetrievalEvaluation`, then
-:class:`AlternatingProjectionCallback`, then the callbacks that read the metrics.
+Order matters: Keras runs callbacks in list order at each epoch end. Put
+:class:`RetrievalEvaluation` first, then :class:`AlternatingProjectionCallback`, then the
+callbacks that read the metrics, and ``keras.callbacks.BackupAndRestore`` last, so that its
+backup holds the epoch's projection decisions. (The projection initializes the proxies at the
+first batch, after every callback's ``on_train_begin``: after BackupAndRestore restored a
+resumed run's model, proxies and CCP state.)
 """
 import keras
 import numpy as np
@@ -104,7 +106,8 @@ class AlternatingProjectionCallback(keras.callbacks.Callback):
     (``MetricModel(embedder, loss, projection=AlternatingProjection(...))``) and compiled with
     :class:`ccp.training.ReferenceAdam` (the proximal term). This callback runs the schedule:
 
-    - before training, the initial proxies (greedy k-center from pool 0; nothing on a resume);
+    - before the first step, the initial proxies (greedy k-center from pool 0; nothing on a
+      resume);
     - at every epoch end, ``projection.on_epoch_end(value)`` with the value of the
       projection's ``monitor`` from ``logs`` (``"val_" + monitor``, or ``"loss"``): new best
       snapshots, or a projection (``w_prev`` <- best, ``lambda_t``, proxies rebuilt from pool
@@ -164,6 +167,12 @@ class AlternatingProjectionCallback(keras.callbacks.Callback):
         return None
 
     def on_train_begin(self, logs=None):
+        self._steps_seen = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._steps_seen is not None:
+            return
+        # First batch of this fit: every on_train_begin (BackupAndRestore's restore) has run.
         event = self.projection.initialize_proxies(self._pool_fn())
         if event is not None:
             logging.info("CCP fit: initial proxies %s", event)
@@ -185,8 +194,11 @@ class AlternatingProjectionCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = {} if logs is None else logs
         projection = self.projection
+        # Projections every N steps or every N epochs compare no values.
+        compares = not (projection.projection_every_steps
+                        or projection.schedule.fixed_interval is not None)
         try:
-            value = projection.monitored_value(logs)
+            value = projection.monitored_value(logs) if compares else None
         except ValueError as error:
             raise ValueError(f"{error}. Put ccp.callbacks.RetrievalEvaluation(validation_data) "
                              f"before AlternatingProjectionCallback in the callbacks") from None

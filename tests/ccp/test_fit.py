@@ -107,3 +107,122 @@ def test_fit_reproduces_the_reference_steps_and_projection(name):
               callbacks=[_ScriptedValidation(), projecting, compare])
     assert compare.step == steps
     assert compare.projections >= 1 and compare.reference.lambda_t > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics in logs, and resuming with keras.callbacks.BackupAndRestore.
+# ----------------------------------------------------------------------------------------------
+from test_training import (  # noqa: E402
+    CENTERS, FEATURES, NUM_CLASSES, batch_at, make_loss, make_model, validation_data)
+
+
+def _pool_dataset(index):
+    """3 samples of every class (one-per-class rounds), a pure function of the draw index."""
+    rng = np.random.default_rng(700 + index)
+    labels = np.tile(np.arange(NUM_CLASSES), 3).astype(np.int32)
+    images = CENTERS[labels] + rng.normal(size=(len(labels), FEATURES)).astype(np.float32)
+    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+
+
+def _train_dataset():
+    """Four fixed batches: every epoch sees the same ones (a resumed epoch included)."""
+    return tf.data.Dataset.range(4).map(batch_at)
+
+
+def _ccp_model():
+    embedder, loss = make_model(seed=5), make_loss(seed=6)
+    projection = ccp.projection.AlternatingProjection(
+        embedder.trainable_variables, proxy_owner=loss, lambda_0=0.5, patience=1, pool_size=3)
+    model = ccp.models.MetricModel(embedder, loss, projection=projection)
+    model.compile(optimizer=ccp.training.ReferenceAdam(0.02))
+    return model
+
+
+class _Kill(keras.callbacks.Callback):
+    """Stands for a killed process: raises at the end of 0-based epoch ``epoch``."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt(f"killed after epoch {epoch + 1}")
+
+
+def _fit(model, backup_dir, epochs, extra=()):
+    callbacks = [ccp.callbacks.RetrievalEvaluation(validation_data()),
+                 ccp.callbacks.AlternatingProjectionCallback(proxy_pool=_pool_dataset),
+                 keras.callbacks.BackupAndRestore(backup_dir),  # last: saves the epoch's state
+                 *extra]
+    return model.fit(_train_dataset(), epochs=epochs, verbose=0, shuffle=False,
+                     callbacks=callbacks)
+
+
+def _ccp_state(model):
+    projection = model.projection
+    return ([v.numpy() for v in model.weights + projection.state_variables()],
+            projection.get_state(), int(model.optimizer.iterations.numpy()))
+
+
+def test_retrieval_metrics_reach_keras_callbacks():
+    model = _ccp_model()
+    stop = keras.callbacks.EarlyStopping(monitor="val_map_at_r", mode="max", patience=1)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_map_at_r", mode="max", patience=1)
+    history = model.fit(_train_dataset(), epochs=3, verbose=0, shuffle=False, callbacks=[
+        ccp.callbacks.RetrievalEvaluation(validation_data()),
+        ccp.callbacks.AlternatingProjectionCallback(proxy_pool=_pool_dataset), stop, plateau])
+    for key in ("val_map_at_r", "val_r_precision", "val_precision_at_1", "val_recall_at_1",
+                "ccp_instance", "ccp_lambda"):
+        assert key in history.history, sorted(history.history)
+    values = history.history["val_map_at_r"]
+    assert all(0.0 <= v <= 1.0 for v in values)
+    assert bool(model.projection.proxies_initialized.numpy())
+    with pytest.raises(ValueError, match="RetrievalEvaluation.*before"):
+        _ccp_model().fit(_train_dataset(), epochs=1, verbose=0, shuffle=False, callbacks=[
+            ccp.callbacks.AlternatingProjectionCallback(proxy_pool=_pool_dataset)])
+
+
+def test_backup_and_restore_resumes_to_the_numbers_of_an_uninterrupted_run(tmp_path):
+    whole = _ccp_model()
+    _fit(whole, str(tmp_path / "whole"), epochs=6)
+    want = _ccp_state(whole)
+    assert want[1]["instance"] >= 2, want[1]  # projections before and after the kill
+
+    killed = _ccp_model()
+    with pytest.raises(KeyboardInterrupt):
+        _fit(killed, str(tmp_path / "resumed"), epochs=6, extra=[_Kill(epoch=2)])
+    assert 1 <= killed.projection.get_state()["instance"] < want[1]["instance"]
+    resumed = _ccp_model()  # a new process: new objects, state from the backup only
+    history = _fit(resumed, str(tmp_path / "resumed"), epochs=6)
+    assert len(history.epoch) == 3  # epochs 4-6
+    got = _ccp_state(resumed)
+    assert got[1] == want[1] and got[2] == want[2] == 24
+    for a, b in zip(got[0], want[0]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_metric_model_refuses_another_loss_and_a_projection_without_its_optimizer():
+    model = _ccp_model()
+    with pytest.raises(ValueError, match="no other loss"):
+        model.compile(optimizer="adam", loss=ccp.losses.ContrastiveLoss())
+    with pytest.raises(ValueError, match="ReferenceAdam"):
+        model.compile(optimizer="adam")
+    with pytest.raises(ValueError, match="attach"):  # ReferenceAdam outside a MetricModel
+        plain = make_model()
+        optimizer = ccp.training.ReferenceAdam(0.01)
+        optimizer.apply_gradients([(tf.zeros_like(v), v) for v in plain.trainable_variables])
+
+
+def test_projection_every_steps_on_the_fit_path():
+    embedder, loss = make_model(seed=5), make_loss(seed=6)
+    projection = ccp.projection.AlternatingProjection(
+        embedder.trainable_variables, proxy_owner=loss, lambda_0=0.5, pool_size=3,
+        projection_every_steps=3)
+    model = ccp.models.MetricModel(embedder, loss, projection=projection)
+    model.compile(optimizer=ccp.training.ReferenceAdam(0.02))
+    model.fit(_train_dataset(), epochs=2, verbose=0, shuffle=False, callbacks=[
+        ccp.callbacks.AlternatingProjectionCallback(proxy_pool=_pool_dataset)])
+    # 8 steps: projections after steps 3 and 6, each with lambda_0.
+    assert projection.get_state()["instance"] == 2
+    assert float(projection.lambda_t.numpy()) == pytest.approx(0.5)

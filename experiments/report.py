@@ -1,10 +1,12 @@
 """Plots and report.md for a finished experiment (matplotlib, Agg backend, PNG files).
 
 The report holds: training curves with the CCP projections marked; the covering radius of each
-training class's embeddings by its proxies over training (``experiments/covering.py``), or a
-sentence saying why there is none; t-SNE panels of the test embeddings and, separately, of the
-training embeddings with the proxies of their classes (proxies are training-class objects); and
-the test queries the retrieval metrics leave out (no relevant reference).
+training class's embeddings by its proxies over training, in the Lipschitz-normalized space the
+loss uses, and the nearest-proxy accuracy (``experiments/covering.py``), with a plain sentence
+when a fold's proxies are not near their classes, or a sentence saying why there is none;
+t-SNE panels of the test embeddings and, separately, of the training embeddings with the
+proxies of their classes (proxies are training-class objects); and the test queries the
+retrieval metrics leave out (no relevant reference).
 """
 import os
 
@@ -14,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402  (a scikit-learn dependency)
 
@@ -29,13 +32,20 @@ def _save(fig, path):
 
 
 def plot_training_curves(fold_logs, path):
+    """Writes :func:`training_curves_figure` to ``path`` (PNG)."""
+    _save(training_curves_figure(fold_logs), path)
+
+
+def training_curves_figure(fold_logs):
     """Loss and validation MAP@R per epoch for each fold, projection epochs marked.
 
     Args:
       fold_logs: list of ``{"name": str, "epochs": [epoch records], "projections": [events]}``;
         an epoch record has "epoch", "loss" and optionally "map_at_r"; a projection event has
         "epoch".
-      path: PNG file to write.
+    Returns:
+      the figure: axes[0] the loss, axes[1] the validation MAP@R (%, within 0-100); whole
+      epochs on both x axes.
     """
     fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(11, 4))
     for index, log in enumerate(fold_logs):
@@ -53,12 +63,15 @@ def plot_training_curves(fold_logs, path):
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss")
     ax_map.set(xlabel="epoch", ylabel="validation MAP@R (%)",
                title="Validation MAP@R (dotted: CCP projections)")
+    low, high = ax_map.get_ylim()  # a percentage: the axis stays within 0-100
+    ax_map.set_ylim(max(low, 0.0), min(high, 100.0))
     for axis in (ax_loss, ax_map):
         axis.grid(alpha=0.3)
+        integer_epochs(axis)
         if fold_logs:
             axis.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    return fig
 
 
 # --- covering radius of the training classes by their proxies -----------------------------------
@@ -78,40 +91,94 @@ def radius_notes(fold_logs):
     return [no_projection_sentence(log) for log in fold_logs if not log["projections"]]
 
 
+NEAR_PROXY_ACCURACY = 0.5  # below it at the best epoch, report.md says the proxies are astray
+
+
+def _normalized(records):
+    """Whether every record has the normalized-space values (run folders before them do not)."""
+    return bool(records) and all(r.get("normalized_mean") is not None for r in records)
+
+
+def _radius_keys(records):
+    """``(mean key, max key)`` of the space plotted: normalized when measured, else raw."""
+    return ("normalized_mean", "normalized_max") if _normalized(records) else ("mean", "max")
+
+
+def _has_accuracy(records):
+    return any(r.get("nearest_proxy_accuracy") is not None for r in records)
+
+
+def integer_epochs(axis):
+    """Epoch ticks at whole numbers (a 2-epoch run gets 1 and 2, not 1.25, 1.5, ...)."""
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def covering_radius_figure(fold_logs):
-    """Figure: mean (solid) and max (dashed) over classes of the training classes' covering
-    radius per epoch, projections as dotted verticals, the final model (the best epoch's
-    weights and proxies, restored after training) as a cross at the best epoch.
+    """Figure: left, the training classes' covering radius by their proxies in the
+    Lipschitz-normalized space the loss uses (mean over classes solid, max dashed); right, the
+    nearest-proxy accuracy (how often a training image's nearest proxy of the whole bank is one
+    of its class's) with chance dotted. Per epoch, projections as dotted verticals, the final
+    model (the best epoch's weights and proxies) as a cross at the best epoch. Records from
+    before the normalized values were measured are drawn in raw space (the axis says so).
 
     Args:
       fold_logs: list of ``{"name", "epochs", "projections", "covering_radius"}`` with
         ``covering_radius`` the series of :class:`experiments.covering.CoveringRadiusMonitor`.
     Returns:
-      the matplotlib figure, or None when no fold has a measurement.
+      the matplotlib figure (axes[0] radius, axes[1] accuracy when measured), or None when no
+      fold has a measurement.
     """
     logs = [log for log in fold_logs if log.get("covering_radius")]
     if not logs:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    every = [r for log in logs for r in log["covering_radius"]]
+    with_accuracy = _has_accuracy(every)
+    fig, axes = plt.subplots(1, 2 if with_accuracy else 1, figsize=(12 if with_accuracy else 7,
+                                                                    4.2), squeeze=False)
+    ax, ax_acc = axes[0][0], (axes[0][1] if with_accuracy else None)
+    mean_key, max_key = _radius_keys(every)
     for index, log in enumerate(logs):
         color = f"C{index % 10}"
         points = [r for r in log["covering_radius"] if r["point"] == "epoch"]
-        ax.plot([r["epoch"] for r in points], [r["mean"] for r in points], color=color,
+        epochs = [r["epoch"] for r in points]
+        ax.plot(epochs, [r[mean_key] for r in points], color=color,
                 marker="o", markersize=3, label=f"{log['name']} mean over classes")
-        ax.plot([r["epoch"] for r in points], [r["max"] for r in points], color=color,
+        ax.plot(epochs, [r[max_key] for r in points], color=color,
                 linestyle="--", linewidth=1, label=f"{log['name']} max over classes")
-        for final in (r for r in log["covering_radius"] if r["point"] == "final"):
-            ax.plot([final["epoch"]], [final["mean"]], color=color, marker="X", markersize=8,
+        finals = [r for r in log["covering_radius"] if r["point"] == "final"]
+        for final in finals:
+            ax.plot([final["epoch"]], [final[mean_key]], color=color, marker="X", markersize=8,
                     linestyle="none", label=f"{log['name']} final model (best epoch), mean")
+        if ax_acc is not None:
+            measured = [r for r in points if r.get("nearest_proxy_accuracy") is not None]
+            ax_acc.plot([r["epoch"] for r in measured],
+                        [100 * r["nearest_proxy_accuracy"] for r in measured], color=color,
+                        marker="o", markersize=3, label=f"{log['name']}")
+            for final in (r for r in finals if r.get("nearest_proxy_accuracy") is not None):
+                ax_acc.plot([final["epoch"]], [100 * final["nearest_proxy_accuracy"]],
+                            color=color, marker="X", markersize=8, linestyle="none",
+                            label=f"{log['name']} final model (best epoch)")
+            chances = [r["chance"] for r in measured if r.get("chance") is not None]
+            if chances:
+                ax_acc.axhline(100 * chances[-1], color=color, linestyle="-.", linewidth=0.8,
+                               label=f"{log['name']} chance (1 / classes)")
         for number, event in enumerate(log["projections"]):
-            ax.axvline(event["epoch"], color=color, linestyle=":", linewidth=1,
-                       label=f"{log['name']} CCP projection" if number == 0 else None)
+            for axis in (a for a in (ax, ax_acc) if a is not None):
+                axis.axvline(event["epoch"], color=color, linestyle=":", linewidth=1,
+                             label=f"{log['name']} CCP projection" if number == 0 else None)
     notes = [no_projection_sentence(log) for log in logs if not log["projections"]]
-    title = "Covering radius of each training class by its proxies"
+    space = ("Lipschitz-normalized space, as the loss sees it" if mean_key.startswith("normal")
+             else "raw embedding space (run from before normalized values)")
     ax.set(xlabel="epoch (measured after the epoch's projection, if any)",
-           ylabel="radius (raw embedding space)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+           ylabel=f"radius ({space})",
+           title="Covering radius of each training class by its proxies")
+    if ax_acc is not None:
+        ax_acc.set(xlabel="epoch", ylabel="training images (%)", ylim=(0, 100),
+                   title="Nearest proxy (whole bank) is one of the image's class")
+    for axis in (a for a in (ax, ax_acc) if a is not None):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="best")
+        integer_epochs(axis)
     if notes:
         text = "\n".join(f"{log['name']}: no CCP projection happened" for log in logs
                          if not log["projections"])
@@ -132,22 +199,61 @@ def plot_covering_radius(fold_logs, path):
     return radius_notes(fold_logs)
 
 
+def best_epoch_record(log):
+    """The covering record of the model a fold kept: its "final" record (the best epoch's
+    weights and proxies, measured after training), else the last epoch record; None without."""
+    series = log.get("covering_radius") or []
+    finals = [r for r in series if r["point"] == "final"]
+    return (finals or series or [None])[-1]
+
+
+def proxy_placement_notes(fold_logs, threshold=NEAR_PROXY_ACCURACY):
+    """Plain sentences for folds whose proxies are not near their classes at the best epoch:
+    nearest-proxy accuracy below ``threshold`` (with the value and chance)."""
+    notes = []
+    for log in fold_logs:
+        record = best_epoch_record(log)
+        if record is None or record.get("nearest_proxy_accuracy") is None:
+            continue
+        accuracy, chance = record["nearest_proxy_accuracy"], record.get("chance")
+        if accuracy >= threshold:
+            continue
+        versus = f" (chance: {100 * chance:.2f} %)" if chance else ""
+        notes.append(
+            f"**{log['name']}: the proxies are not near their classes.** At the best epoch "
+            f"({record['epoch']}), only {100 * accuracy:.1f} % of the sampled training images "
+            f"have a proxy of their own class as their nearest proxy{versus}; a proxy-based "
+            "reading of this model (proxies as class representatives) does not hold.")
+    return notes
+
+
 def radius_table(fold_logs):
-    """Markdown: per fold, projections and the training classes' radius at the end."""
-    lines = ["| fold | projections | radius after the last projection (mean / max) | "
-             "final model (mean / max) | images |", "|---|---|---|---|---|"]
+    """Markdown: per fold, projections, the training classes' radius after the last projection
+    and for the final model (normalized space when measured), nearest-proxy accuracy."""
+    every = [r for log in fold_logs for r in (log.get("covering_radius") or [])]
+    mean_key, max_key = _radius_keys(every)
+    space = "normalized" if mean_key.startswith("normal") else "raw"
+    lines = [f"| fold | projections | radius after the last projection ({space}, mean / max) | "
+             f"final model ({space}, mean / max) | nearest-proxy accuracy, final (chance) | "
+             "images |", "|---|---|---|---|---|---|"]
     for log in fold_logs:
         series = log.get("covering_radius") or []
         projected = [r for r in series if r["projection"]]
-        finals = [r for r in series if r["point"] == "final"]
+        final = best_epoch_record(log)
 
         def cell(records):
-            return (f"{records[-1]['mean']:.4f} / {records[-1]['max']:.4f}" if records
+            return (f"{records[-1][mean_key]:.4f} / {records[-1][max_key]:.4f}" if records
                     else "n/a")
 
+        accuracy = "n/a"
+        if final is not None and final.get("nearest_proxy_accuracy") is not None:
+            accuracy = f"{100 * final['nearest_proxy_accuracy']:.1f} %"
+            if final.get("chance"):
+                accuracy += f" ({100 * final['chance']:.2f} %)"
+        finals = [r for r in series if r["point"] == "final"]
         images = series[-1]["images"] if series else 0
         lines.append(f"| {log['name']} | {len(log['projections'])} | {cell(projected)} | "
-                     f"{cell(finals)} | {images} |")
+                     f"{cell(finals)} | {accuracy} | {images} |")
     return "\n".join(lines)
 
 
@@ -341,9 +447,12 @@ def write_experiment_report(config, results, fold_results):
         caption = "Covering radius of the training classes by their proxies"
         sentences = [
             "Per class: the largest distance from a training image's embedding (a fixed "
-            "subsample, evaluation transform) to the nearest proxy of its class; mean and max "
-            "over classes, measured after every epoch (after its projection, if any)."
-        ] + sentences
+            "subsample, evaluation transform) to the nearest proxy of its class, in the "
+            "Lipschitz-normalized space the loss uses (raw norms grow during training, so raw "
+            "distances cannot be compared across epochs); mean and max over classes, measured "
+            "after every epoch (after its projection, if any). Right: how often a training "
+            "image's nearest proxy of the whole bank belongs to its own class."
+        ] + proxy_placement_notes(logs) + sentences
         if measured:
             sentences.append(radius_table(logs))
         figures.append((caption, "covering_radius.png" if measured else None, sentences))

@@ -249,3 +249,86 @@ def test_new_settings_restart_an_unfinished_folder_and_resume_flags_otherwise(tm
     run_folder.restart(folder, names)
     assert sorted(os.listdir(folder)) == ["config.prev.json", "previous_run"]
     assert os.path.isdir(tmp_path / "previous_run" / "repeat_0" / "fold_0" / "checkpoints")
+
+
+# --- case 6: the report shows the proxies in the space the loss uses ---------------------------
+def _jsonl_series(tmp_path, accuracies, chance=1 / 101):
+    """A hand-made logs/covering_radius.jsonl (the covering monitor's schema): raw radii that
+    grow 10x per epoch, normalized radii that do not, a projection at epoch 2, a final record
+    at the best epoch 3."""
+    lines = []
+    for epoch, accuracy in enumerate(accuracies, start=1):
+        lines.append({"epoch": epoch, "point": "epoch", "projection": epoch == 2,
+                      "mean": 0.1 * 10 ** epoch, "max": 0.3 * 10 ** epoch, "classes": 101,
+                      "images": 2048, "normalized_mean": 0.5 / epoch,
+                      "normalized_max": 0.9 / epoch, "nearest_proxy_accuracy": accuracy,
+                      "chance": chance})
+    lines.append(dict(lines[2], point="final", projection=False))
+    path = tmp_path / "covering_radius.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _fold_log(name, series):
+    epochs = [r["epoch"] for r in series if r["point"] == "epoch"]
+    return {"name": name, "epochs": [{"epoch": e, "loss": 1.0} for e in epochs],
+            "projections": [{"epoch": 2}], "covering_radius": series}
+
+
+def test_report_plots_normalized_radius_and_nearest_proxy_accuracy(tmp_path):
+    from experiments import report
+
+    series = _jsonl_series(tmp_path, [0.02, 0.01, 0.01, 0.012])
+    fig = report.covering_radius_figure([_fold_log("fold 0", series)])
+    radius_ax, accuracy_ax = fig.axes
+    mean = next(line for line in radius_ax.lines if line.get_label() == "fold 0 mean over classes")
+    np.testing.assert_allclose(mean.get_ydata(), [0.5, 0.25, 0.5 / 3, 0.125])  # not raw
+    assert "Lipschitz-normalized" in radius_ax.get_ylabel()
+    accuracy = next(line for line in accuracy_ax.lines if line.get_label() == "fold 0")
+    np.testing.assert_allclose(accuracy.get_ydata(), [2.0, 1.0, 1.0, 1.2])
+    assert accuracy_ax.get_ylim() == (0, 100)
+    assert [line.get_xdata()[0] for line in accuracy_ax.lines
+            if line.get_linestyle() == ":"] == [2]  # the projection marked on both panels
+    notes = report.proxy_placement_notes([_fold_log("fold 0", series)])
+    assert len(notes) == 1
+    assert "the proxies are not near their classes" in notes[0]
+    assert "At the best epoch (3), only 1.0 %" in notes[0] and "(chance: 0.99 %)" in notes[0]
+    table = report.radius_table([_fold_log("fold 0", series)])
+    assert "| fold 0 | 1 | 0.2500 / 0.4500 | 0.1667 / 0.3000 | 1.0 % (0.99 %) | 2048 |" in table
+    healthy = _jsonl_series(tmp_path, [0.6, 0.8, 0.9, 0.9])
+    assert report.proxy_placement_notes([_fold_log("fold 1", healthy)]) == []
+
+
+def test_report_md_says_when_the_proxies_are_astray(tmp_path):
+    from experiments import report
+    from experiments.results import Embedded, FoldResult
+
+    series = _jsonl_series(tmp_path, [0.02, 0.01, 0.01, 0.012])
+    config = flags_lib.parse_flagfile("digits.cfg").replace(output_dir=str(tmp_path),
+                                                             tsne_points=0)
+    labels = np.repeat(np.arange(3), 2)
+    fold = FoldResult(repeat=0, fold=0, train_classes=101, val_classes=0,
+                      test_metrics={"map_at_r": 0.1, "num_skipped_queries": 0.0},
+                      training={"history": _fold_log("fold 0", series)["epochs"],
+                                "projections": [{"epoch": 2}], "covering_radius": series},
+                      seconds=1.0, query=Embedded(np.eye(6, 4, dtype=np.float32), labels))
+    report.write_experiment_report(config, {"method": "C2-CCP", "dataset": "digits",
+                                            "table": "| t |"}, [fold])
+    text = (tmp_path / "report.md").read_text()
+    assert "**fold 0: the proxies are not near their classes.**" in text
+    assert (tmp_path / "covering_radius.png").stat().st_size > 10_000
+
+
+# --- case 7 (plots): validation axis within 100 %, whole epochs -------------------------------
+def test_training_curves_stay_within_100_percent_on_whole_epochs():
+    from experiments import report
+
+    logs = [{"name": "fold 0", "projections": [],
+             "epochs": [{"epoch": 1, "loss": 0.5, "map_at_r": 0.98},
+                        {"epoch": 2, "loss": 0.4, "map_at_r": 1.0}]}]
+    fig = report.training_curves_figure(logs)
+    loss_ax, map_ax = fig.axes
+    assert map_ax.get_ylim()[1] <= 100.0
+    for axis in (loss_ax, map_ax):
+        ticks = [t for t in axis.get_xticks() if axis.get_xlim()[0] <= t <= axis.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)

@@ -65,40 +65,6 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         logs.update({f"{self.prefix}{k}": v for k, v in self.evaluate().items()})
 
 
-def pool_from_dataset(model, dataset, num_classes, per_class=None):
-    """Raw pool embeddings ``[C, P, D]`` from a dataset of ``(images, labels)`` batches.
-
-    Every element is embedded by ``model`` in inference mode; class ``c`` keeps its first ``P``
-    samples in dataset order (a one-per-class stream such as
-    ``data_pipelines.one_per_class_dataset`` gives each class ``P`` in turn).
-
-    Args:
-      model: ``images -> raw embeddings [B, D]``.
-      dataset: finite ``tf.data.Dataset`` with labels in ``[0, num_classes)``.
-      num_classes: ``C``.
-      per_class: ``P``; None: the smallest class count.
-    Raises:
-      ValueError: a class with fewer than ``P`` samples, or a label out of range.
-    """
-    embeddings, labels = embedding_lib.embed_dataset(model, dataset)
-    if labels is None:
-        raise ValueError("the proxy pool dataset must yield (images, labels)")
-    labels = np.asarray(labels, np.int64)
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"proxy pool labels must lie in [0, {num_classes}), got "
-                         f"[{labels.min()}, {labels.max()}]")
-    counts = np.bincount(labels, minlength=num_classes)
-    size = int(counts.min()) if per_class is None else int(per_class)
-    short = np.flatnonzero(counts < max(size, 1))
-    if short.size:
-        raise ValueError(f"the proxy pool needs {max(size, 1)} samples of every class; class "
-                         f"{int(short[0])} has {int(counts[short[0]])}")
-    order = np.argsort(labels, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rows = order[starts[:, None] + np.arange(size)[None, :]]      # [C, P] in dataset order
-    return embeddings[rows]
-
-
 class AlternatingProjectionCallback(keras.callbacks.Callback):
     """CCP's alternating projection (SPEC §5) on ``model.fit``.
 
@@ -158,7 +124,7 @@ class AlternatingProjectionCallback(keras.callbacks.Callback):
         num_classes, per_class, _ = projection.bank_shape
         rounds = (None if projection.pool_size is None
                   else kcenter.pool_rounds(projection.pool_size, per_class))
-        return pool_from_dataset(self.model, dataset, num_classes, rounds)
+        return embedding_lib.pool_embeddings(self.model, dataset, num_classes, rounds)
 
     def _pool_fn(self):
         if self.projection.has_proxies and (self.proxy_pool is not None

@@ -14,7 +14,8 @@ Modules, one job each:
   schedules:      learning-rate schedules (constant, exponential, reduce-on-plateau).
   distribution:   global batches -> per-replica batches; the worker's role.
   checkpointing:  ``Checkpointing`` (manager, chief/worker folders, restore), RNG states.
-  embedding:      ``embed_dataset`` (inference passes, distribution-aware).
+  embedding:      ``embed_dataset`` (inference passes, distribution-aware), ``pool_embeddings``
+                  (a CCP pool ``[C, P, D]`` from a dataset).
   events:         ``events.jsonl`` + TensorBoard log, progress bar.
 The "best value / patience" tracker shared with ``ccp.projection`` is
 :class:`ccp.tracking.ImprovementTracker`.
@@ -22,7 +23,7 @@ The "best value / patience" tracker shared with ``ccp.projection`` is
 from ccp.tracking import ImprovementTracker
 from ccp.training.checkpointing import Checkpointing
 from ccp.training.distribution import distribute, single_batch
-from ccp.training.embedding import embed_dataset
+from ccp.training.embedding import embed_dataset, pool_embeddings
 from ccp.training.events import EVENTS_FILE, EventLog
 from ccp.training import optimizer_registry
 from ccp.training.optimization import TRAIN, WARMUP, Optimization, Phase, build_optimization
@@ -48,5 +49,5 @@ __all__ = [
     "TRAIN", "TrainStep", "Trainer", "TrainerState", "WARMUP", "WeightDecay", "apply_transforms",
     "batchnorm_variables", "build_learning_rate", "build_optimization", "build_optimizer",
     "default_gradient_transforms", "distribute", "embed_dataset", "optimizer_registry",
-    "single_batch"
+    "pool_embeddings", "single_batch"
 ]

@@ -1,4 +1,8 @@
-"""Inference passes: embed a finite dataset with a model (validation, proxy pools, evaluation)."""
+"""Inference passes: embed a finite dataset with a model (validation, proxy pools, evaluation).
+
+:func:`pool_embeddings` groups a pool dataset's embeddings by class: the ``[C, P, D]`` pool
+of a CCP projection (``proxy_pool_fn`` of the Trainer, ``proxy_pool`` of the fit callback).
+"""
 import weakref
 
 import numpy as np
@@ -96,3 +100,37 @@ def embed_dataset(model, dataset, batch_fn=None, strategy=None):
         raise ValueError(f"embed_dataset: {len(out_embeddings)} embeddings but "
                          f"{len(out_labels)} labels")
     return out_embeddings, out_labels
+
+
+def pool_embeddings(model, dataset, num_classes, per_class=None):
+    """Raw pool embeddings ``[C, P, D]`` from a dataset of ``(images, labels)`` batches.
+
+    Every element is embedded by ``model`` in inference mode; class ``c`` keeps its first ``P``
+    samples in dataset order (a one-per-class stream such as
+    ``data_pipelines.one_per_class_dataset`` gives each class ``P`` in turn).
+
+    Args:
+      model: ``images -> raw embeddings [B, D]``.
+      dataset: finite ``tf.data.Dataset`` with labels in ``[0, num_classes)``.
+      num_classes: ``C``.
+      per_class: ``P``; None: the smallest class count.
+    Raises:
+      ValueError: a class with fewer than ``P`` samples, or a label out of range.
+    """
+    embeddings, labels = embed_dataset(model, dataset)
+    if labels is None:
+        raise ValueError("the proxy pool dataset must yield (images, labels)")
+    labels = np.asarray(labels, np.int64)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"proxy pool labels must lie in [0, {num_classes}), got "
+                         f"[{labels.min()}, {labels.max()}]")
+    counts = np.bincount(labels, minlength=num_classes)
+    size = int(counts.min()) if per_class is None else int(per_class)
+    short = np.flatnonzero(counts < max(size, 1))
+    if short.size:
+        raise ValueError(f"the proxy pool needs {max(size, 1)} samples of every class; class "
+                         f"{int(short[0])} has {int(counts[short[0]])}")
+    order = np.argsort(labels, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rows = order[starts[:, None] + np.arange(size)[None, :]]      # [C, P] in dataset order
+    return embeddings[rows]

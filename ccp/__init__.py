@@ -31,7 +31,6 @@ _SUBMODULES = (
     "tracking",
     "diagnostics",
     "export",
-    "evaluation_extras",
 )
 
 __all__ = list(_SUBMODULES)

@@ -1,4 +1,5 @@
-"""Embedding-space diagnostics logged during training.
+"""Embedding-space diagnostics, computed on demand (no training loop or report calls them; pass
+the embeddings to study, e.g. a fold's stored ``test_embeddings.npz``).
 
 ``spectral_decay`` is the rho-spectrum of Roth et al. ("Revisiting Training Strategies and
 Generalization Performance in Deep Metric Learning", ICML 2020): the singular values of the

@@ -142,10 +142,3 @@ def image_indices(labels, classes_per_batch=8, samples_per_class=4, seed=0, star
         return tf.fill([m], step), slot * m + tf.range(m, dtype=tf.int64), records
 
     return slots.map(visit, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
-
-
-def batch_indices(labels, classes_per_batch=8, samples_per_class=4, seed=0, start_step=0):
-    """:func:`image_indices` grouped by step: Dataset of (step int64, indices int64 [P * m])."""
-    batch_size = int(classes_per_batch) * int(samples_per_class)
-    dataset = image_indices(labels, classes_per_batch, samples_per_class, seed, start_step)
-    return dataset.batch(batch_size).map(_plain(lambda steps, _, indices: (steps[0], indices)))

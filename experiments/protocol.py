@@ -20,7 +20,6 @@ from absl import logging
 
 import ccp
 import data_pipelines
-from ccp import evaluation_extras
 from experiments import builders
 from experiments import config as config_lib
 from experiments import covering
@@ -96,12 +95,12 @@ def test_metrics(config, query, reference=None):
     ref_emb, ref_lab = ((reference.embeddings, reference.labels) if reference is not None
                         else (None, None))
     if config.protocol.eval_pca_dim:  # fitted on the reference set (the queries when none)
-        mean, components = evaluation_extras.pca_fit(
+        mean, components = ccp.metrics.pca_fit(
             query.embeddings if ref_emb is None else ref_emb, config.protocol.eval_pca_dim)
-        query = Embedded(evaluation_extras.pca_transform(query.embeddings, mean, components)
+        query = Embedded(ccp.metrics.pca_transform(query.embeddings, mean, components)
                          .astype(np.float32), query.labels)
         if ref_emb is not None:
-            ref_emb = evaluation_extras.pca_transform(ref_emb, mean, components).astype(
+            ref_emb = ccp.metrics.pca_transform(ref_emb, mean, components).astype(
                 np.float32)
             reference = Embedded(ref_emb, ref_lab)
     metrics = ccp.metrics.retrieval_metrics(
@@ -109,7 +108,7 @@ def test_metrics(config, query, reference=None):
         recall_at=config.protocol.recall_at)
     if config.protocol.eval_at_k:  # the reference's AllAtK lists, flat: allatk_map_at_4, ...
         normalize = ccp.metrics.lipschitz_normalize  # the embeddings the other metrics rank
-        lists = evaluation_extras.all_at_k(
+        lists = ccp.metrics.all_at_k(
             normalize(np.asarray(query.embeddings, np.float32)), query.labels,
             config.protocol.eval_at_k,
             None if ref_emb is None else normalize(np.asarray(ref_emb, np.float32)), ref_lab)

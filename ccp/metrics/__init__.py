@@ -10,6 +10,10 @@ put in the exact order (float64 distances where float32 scores are too close to 
 MAP@R, Recall@K) is vectorized numpy over ``[block, k]`` arrays.  When the query set is the
 reference set, each pair's score is computed once and serves both of its queries.
 
+The reference's other evaluation outputs: ``all_at_k`` (its AllAtK MAP@K / P@K / R@K lists,
+``at_k.py``) and PCA before evaluation (``pca_fit`` / ``pca_transform`` / ``pca_project``,
+``pca.py``).
+
 Embeddings may be in-memory arrays, ``np.memmap``s, paths to ``.npy`` files, or any array-like
 with ``.shape``, ``.dtype`` and row slicing; the latter three are streamed in blocks and never
 loaded whole (``_sources``).
@@ -29,8 +33,12 @@ import tensorflow as tf
 
 from ccp.metrics import _cpu_search, _tf_search
 from ccp.metrics._sources import RowSource, lipschitz_normalize
+from ccp.metrics.at_k import all_at_k
+from ccp.metrics.pca import pca_fit, pca_project, pca_transform
 
-__all__ = ["retrieval_metrics", "nmi", "lipschitz_normalize"]
+__all__ = ["retrieval_metrics", "nmi", "lipschitz_normalize",
+           # The reference's evaluation outputs beyond SPEC §8 (float64 numpy).
+           "all_at_k", "pca_fit", "pca_project", "pca_transform"]
 
 # Memory budget of one float32 score tile; the CPU path keeps two alive (one being filled by
 # BLAS while the other is searched).  Queries per tile: ``_BLOCK_ROWS`` for in-memory

@@ -40,10 +40,6 @@ class WeightDecay(GradientTransform):
         self.rate = float(rate)
         self._ids = {id(v) for v in decayed_variables}
 
-    @property
-    def num_decayed(self):
-        return len(self._ids)
-
     def __call__(self, grads, variables):
         return [g + tf.cast(self.rate, g.dtype) * tf.cast(v, g.dtype)
                 if g is not None and id(v) in self._ids else g

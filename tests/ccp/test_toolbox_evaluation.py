@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from ccp import evaluation_extras as ex
+from ccp import metrics as ex
 
 
 def _brute(queries, labels, refs, ref_labels, ks, self_retrieval):

@@ -39,8 +39,8 @@ def test_drop_in_without_python_ops_following_the_sampler_and_the_seed_rule(jpeg
     ops = _ops(dataset)
     assert not ops & PYTHON_OPS, sorted(ops & PYTHON_OPS)
     assert "ParallelMapDatasetV2" in ops
-    indices = [i.numpy() for _, i in ingraph.batch_indices(jpeg_records.labels, 3, 2, seed=4)
-               .take(3)]
+    indices = [i.numpy() for _, _, i in ingraph.image_indices(jpeg_records.labels, 3, 2, seed=4)
+               .batch(6).take(3)]
     batches = _batches(dataset, 3)
     for step, ((images, labels), batch) in enumerate(zip(batches, indices)):
         np.testing.assert_array_equal(labels, jpeg_records.class_indices()[batch])

@@ -27,8 +27,8 @@ def _take(kind, labels, P, m, seed, steps, start_step=0):
     if kind == "numpy":
         sampler = MPerClassSampler(labels, P, m, seed=seed)
         return np.stack(list(itertools.islice(sampler.batches(start_step), steps)))
-    dataset = ingraph.batch_indices(labels, P, m, seed=seed, start_step=start_step)
-    return np.stack([indices.numpy() for _, indices in dataset.take(steps)])
+    dataset = ingraph.image_indices(labels, P, m, seed=seed, start_step=start_step).batch(P * m)
+    return np.stack([indices.numpy() for _, _, indices in dataset.take(steps)])
 
 
 @pytest.mark.parametrize("kind", SAMPLERS)

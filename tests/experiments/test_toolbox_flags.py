@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ccp import evaluation_extras
+from ccp import metrics
 from ccp.training import optimizer_registry
 from ccp.training import optimizers as optimizers_lib
 from experiments import builders, fold_training, protocol
@@ -61,13 +61,13 @@ def test_pca_and_all_at_k_in_the_test_metrics():
     ref = Embedded(rng.normal(size=(40, 8)).astype(np.float32), rng.integers(0, 4, 40))
     config = config_lib.validate(_digits(eval_pca_dim=3, eval_at_k=(1, 4), compute_nmi=False))
     got = protocol.test_metrics(config, query, ref)
-    mean, comps = evaluation_extras.pca_fit(ref.embeddings, 3)
+    mean, comps = metrics.pca_fit(ref.embeddings, 3)
 
     def projected(x):  # PCA on the reference set, then SPEC §2's normalization x / max(|x|, 1)
-        y = evaluation_extras.pca_transform(x, mean, comps)
+        y = metrics.pca_transform(x, mean, comps)
         return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1.0)
 
-    lists = evaluation_extras.all_at_k(projected(query.embeddings), query.labels, (1, 4),
+    lists = metrics.all_at_k(projected(query.embeddings), query.labels, (1, 4),
                                        projected(ref.embeddings), ref.labels)
     assert got["allatk_map_at_4"] == pytest.approx(lists["map_at_k"][1], rel=1e-5)
     assert got["allatk_precision_at_1"] == pytest.approx(lists["precision_at_k"][0], rel=1e-5)

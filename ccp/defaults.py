@@ -74,6 +74,8 @@ CCP_MONITOR_LAG = 0             # 1 reproduces the reference's one-epoch lag
 CCP_MONITOR = "map_at_r"        # the metric CCP's schedule follows (the reference: MAP@R)
 CCP_PROJECTION_EVERY_STEPS = 0  # N > 0: project after every N training-phase steps (the
                                 #   reference's step_at_batch); 0: at instance ends
+CCP_FIXED_INTERVAL = 0          # N > 0: project every N epochs, no instance early stopping (the
+                                #   reference's ccp_iterations); 0: at instance ends
 
 # --- Cross-batch memory (SPEC §4 "XBM") ---------------------------------------------------------
 XBM_MEMORY_BATCHES = 25         # CUB/Cars196 memory in batches

@@ -181,8 +181,8 @@ class CCPConfig:
                                                 "metric (map_at_r, precision_at_1, "
                                                 "recall_at_K, r_precision) or loss (minimum).",
                                  flag="ccp_monitor_metric")
-    fixed_interval: int = _field(0, "Project every N epochs without early stopping (0 = at "
-                                    "instance ends).", flag="ccp_fixed_interval")
+    fixed_interval: int = _field(D.CCP_FIXED_INTERVAL, "Project every N epochs without early "
+                                 "stopping (0 = at instance ends).", flag="ccp_fixed_interval")
     projection_every_steps: int = _field(
         D.CCP_PROJECTION_EVERY_STEPS, "Project after every N training steps (warm-up steps do "
         "not count), mid-epoch if need be, without early stopping; the CCP patience and monitor "

@@ -48,8 +48,8 @@ class AlternatingProjection(tf.Module):
         epoch's mean training loss); the Trainer feeds it.
       stop_at_min: an instance ends at the minimum of a loss-type monitor (mode "min");
         default from the monitor ("loss": True).
-      fixed_interval: None, or N: project every N epochs without early stopping (the
-        reference's fixed ``ccp_iterations``); the anchor moves to the weights at that epoch.
+      fixed_interval: 0 (off; None too), or N: project every N epochs without early stopping
+        (the reference's fixed ``ccp_iterations``); the anchor moves to the weights at that epoch.
         N epochs are N x steps_per_epoch steps.
       projection_every_steps: 0 (off), or N: project after every N optimizer steps of the
         training phase (warm-up steps do not count), mid-epoch if need be, without early
@@ -70,7 +70,8 @@ class AlternatingProjection(tf.Module):
                  min_epochs_per_instance=defaults.CCP_MIN_EPOCHS_PER_INSTANCE,
                  min_delta=defaults.CCP_MIN_DELTA, pool_size=defaults.CCP_POOL_SIZE,
                  random_init=False, monitor_lag=defaults.CCP_MONITOR_LAG,
-                 monitor=defaults.CCP_MONITOR, stop_at_min=None, fixed_interval=None,
+                 monitor=defaults.CCP_MONITOR, stop_at_min=None,
+                 fixed_interval=defaults.CCP_FIXED_INTERVAL,
                  perturb_noise=0.0, noise_seed=0, normalized_kcenter=False,
                  projection_every_steps=defaults.CCP_PROJECTION_EVERY_STEPS,
                  name="alternating_projection"):

@@ -42,9 +42,10 @@ class ProjectionSchedule:
         reference code's ordering, SPEC §5 "Which epoch's MAP@R").
       mode: "max" (MAP@R, P@1, R@K) or "min" (a loss-type value: the reference's
         ``stop_at_min``).
-      fixed_interval: None, or N: a fixed number of updates per instance without early
-        stopping (the reference's ``ccp_iterations`` with ``early_stopping=False``): every N-th
-        update is ``PROJECT``, values are not compared and no update is ``NEW_BEST``.
+      fixed_interval: 0 (off; None too), or N: a fixed number of updates per instance
+        without early stopping (the reference's ``ccp_iterations`` with
+        ``early_stopping=False``): every N-th update is ``PROJECT``, values are not compared
+        and no update is ``NEW_BEST``.
       every_steps: 0 (off), or N: instances end after every N training steps instead (the
         reference's ``step_at_batch`` without early stopping): :meth:`update` only counts
         epochs (always ``CONTINUE``) and :meth:`projection_offsets` places the projections.
@@ -54,12 +55,14 @@ class ProjectionSchedule:
     def __init__(self, patience=defaults.CCP_PATIENCE,
                  min_epochs_per_instance=defaults.CCP_MIN_EPOCHS_PER_INSTANCE,
                  min_delta=defaults.CCP_MIN_DELTA, monitor_lag=defaults.CCP_MONITOR_LAG,
-                 mode="max", fixed_interval=None,
+                 mode="max", fixed_interval=defaults.CCP_FIXED_INTERVAL,
                  every_steps=defaults.CCP_PROJECTION_EVERY_STEPS):
         if fixed_interval is not None and (isinstance(fixed_interval, bool)
-                                           or int(fixed_interval) < 1):
-            raise ValueError(f"fixed_interval must be None or >= 1, got {fixed_interval!r}")
-        self.fixed_interval = None if fixed_interval is None else int(fixed_interval)
+                                           or int(fixed_interval) < 0):
+            raise ValueError(f"fixed_interval must be an integer >= 0 (0 = off), got "
+                             f"{fixed_interval!r}")
+        # 0 (the flag's "off", as projection_every_steps) and None both mean no fixed interval.
+        self.fixed_interval = int(fixed_interval) if fixed_interval else None
         self.every_steps = _checked_every_steps(every_steps, self.fixed_interval)
         if monitor_lag not in (0, 1):
             raise ValueError(f"monitor_lag must be 0 or 1, got {monitor_lag!r}")

@@ -40,6 +40,7 @@ from ccp.training.transforms import (
     apply_transforms,
     batchnorm_variables,
     default_gradient_transforms,
+    reference_chain,
 )
 
 __all__ = [
@@ -49,5 +50,5 @@ __all__ = [
     "TRAIN", "TrainStep", "Trainer", "TrainerState", "WARMUP", "WeightDecay", "apply_transforms",
     "batchnorm_variables", "build_learning_rate", "build_optimization", "build_optimizer",
     "default_gradient_transforms", "distribute", "embed_dataset", "optimizer_registry",
-    "pool_embeddings", "single_batch"
+    "pool_embeddings", "reference_chain", "single_batch"
 ]

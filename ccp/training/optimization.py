@@ -155,9 +155,8 @@ def build_optimization(model, loss, *, projection=None, learning_rate=defaults.L
         float(learning_rate) * float(warmup_lr_multiplier), bool(warmup_all_layers), adam)
     plateau = _plateau_schedule(lr_schedule, lr_decay_rate, lr_plateau_patience,
                                 lr_plateau_min_delta, lr_plateau_cooldown, min_learning_rate)
-    chain = [] if projection is None else [projection.gradient_transform()]
-    chain += transforms_lib.default_gradient_transforms(
-        model, loss, weight_decay=weight_decay, clip_norm=clip_norm, clip_value=clip_value)
+    chain = transforms_lib.reference_chain(model, loss, projection, weight_decay=weight_decay,
+                                           clip_norm=clip_norm, clip_value=clip_value)
     return Optimization(train=train, gradient_transforms=chain, plateau=plateau, warmup=warmup,
                         warmup_epochs=warmup_count,
                         warmup_fraction=float(warmup_epochs) if 0 < warmup_epochs < 1 else None,

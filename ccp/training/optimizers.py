@@ -155,9 +155,8 @@ class ReferenceAdam(GradientChain, AdamLRM):
         """Builds the chain for ``model`` (the embedder), ``loss`` and an optional CCP
         ``projection`` (:class:`ccp.projection.AlternatingProjection`, its proximal term
         first), and sets the proxies' learning-rate multiplier."""
-        chain = [] if projection is None else [projection.gradient_transform()]
-        chain += transforms_lib.default_gradient_transforms(model, loss, **self.chain_options)
-        self.set_gradient_transforms(chain)
+        self.set_gradient_transforms(transforms_lib.reference_chain(
+            model, loss, projection, **self.chain_options))
         self.set_lr_multiplier(list(loss.proxy_variables), self.proxy_lr_multiplier)
 
     def get_config(self):

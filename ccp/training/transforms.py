@@ -115,6 +115,24 @@ def default_gradient_transforms(model, loss=None, weight_decay=defaults.WEIGHT_D
     return transforms
 
 
+def reference_chain(model, loss=None, projection=None, weight_decay=defaults.WEIGHT_DECAY,
+                    clip_norm=defaults.CLIP_NORM, clip_value=defaults.CLIP_VALUE):
+    """The whole SPEC §6 chain: the CCP proximal term of ``projection`` (first, when given),
+    then :func:`default_gradient_transforms`. One builder for both loops: the Trainer
+    (``build_optimization``) and ``model.fit`` (``ReferenceAdam.attach``).
+
+    Args:
+      model, loss: the embedding model and the loss layer (or None).
+      projection: a :class:`ccp.projection.AlternatingProjection`, or None.
+      weight_decay, clip_norm, clip_value: coefficients (0 disables one).
+    Returns:
+      list of transforms.
+    """
+    chain = [] if projection is None else [projection.gradient_transform()]
+    return chain + default_gradient_transforms(model, loss, weight_decay=weight_decay,
+                                               clip_norm=clip_norm, clip_value=clip_value)
+
+
 def apply_transforms(transforms, grads, variables):
     """Runs the chain in order; returns the final gradient list."""
     grads = list(grads)

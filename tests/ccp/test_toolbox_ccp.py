@@ -28,8 +28,9 @@ def test_schedule_fixed_interval_ignores_values():
         if action == PROJECT:
             schedule.end_instance()
     assert actions == [CONTINUE, CONTINUE, PROJECT] * 2 and schedule.instance == 2
+    assert ProjectionSchedule(fixed_interval=0).fixed_interval is None  # 0 = off, as the flag
     with pytest.raises(ValueError, match="fixed_interval"):
-        ProjectionSchedule(fixed_interval=0)
+        ProjectionSchedule(fixed_interval=-1)
 
 
 def _numpy_normalized_kcenter(pool, cover, k):

@@ -234,8 +234,21 @@ def list_images(folder):
         if name.lower().endswith(IMAGE_EXTENSIONS)
     )
     if not found:
-        raise FileNotFoundError(f"no .jpg/.jpeg/.png images in {folder!r}")
+        others = other_files(folder)
+        seen = (f" (it holds {len(others)} other file(s), e.g. "
+                f"{', '.join(os.path.basename(p) for p in others[:SHOWN])})" if others else "")
+        raise FileNotFoundError(f"no .jpg/.jpeg/.png images in {folder!r}{seen}")
     return found
+
+
+def other_files(folder):
+    """Sorted paths of the files below ``folder`` that :func:`list_images` leaves out (not
+    .jpg/.jpeg/.png, e.g. .webp or .txt)."""
+    return sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(os.fspath(folder)) for name in names
+        if not name.lower().endswith(IMAGE_EXTENSIONS)
+    )
 
 
 def read_image(path):
@@ -371,6 +384,10 @@ def main(argv=None):
         paths, bad = checked_images(args.images, args.skip_corrupt)
         for path, why in bad:
             print(f"skipped corrupt image {path}: {why}", file=sys.stderr)
+        unsupported = other_files(args.images)
+        if unsupported:
+            print(f"skipped {len(unsupported)} file(s) that are not .jpg/.jpeg/.png, e.g. "
+                  f"{', '.join(unsupported[:SHOWN])}", file=sys.stderr)
         embeddings = embed_files(embedder, paths, args.batch_size)
     except (FileNotFoundError, ValueError, TypeError) as error:
         parser.exit(2, f"error: {error}\n")
@@ -380,6 +397,8 @@ def main(argv=None):
     with open(listing, "w") as handle:
         handle.write("".join(f"{path}\n" for path in paths))
     skipped = f"; skipped {len(bad)} corrupt image(s) listed above" if bad else ""
+    if unsupported:
+        skipped += f"; skipped {len(unsupported)} file(s) that are not .jpg/.jpeg/.png"
     print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {out} "
           f"(row order in {listing}){skipped}")
     return 0

@@ -89,6 +89,9 @@ def summarize_ensembles(evaluated, first_repeat):
     }
 
 
+COUNT_METRICS = ("num_queries", "num_skipped_queries")
+
+
 def ensembles_table(summary, dims, num_folds, num_repeats):
     """Markdown table of the ensembles: mean ± std, worst, best and the first repeat's."""
     lines = [f"{dims * num_folds}D ensembles, one model per fold: {summary['count']} "
@@ -96,9 +99,11 @@ def ensembles_table(summary, dims, num_folds, num_repeats):
              "| metric | mean ± std | worst | best | first repeat |", "|---|---|---|---|---|"]
     for name, stats in summary["metrics"].items():
         title = METRIC_TITLES.get(name, name.replace("recall_at_", "R@"))
+        # Rates in %; counts (num_queries, num_skipped_queries) as they are.
+        scale, digits = (1, 0) if name in COUNT_METRICS else (100, 2)
         lines.append(
-            f"| {title} | {100 * stats['mean']:.2f} ± {100 * stats['std']:.2f} "
-            f"| {100 * summary['worst']['metrics'][name]:.2f} "
-            f"| {100 * summary['best']['metrics'][name]:.2f} "
-            f"| {100 * summary['first_repeat'][name]:.2f} |")
+            f"| {title} | {scale * stats['mean']:.{digits}f} ± {scale * stats['std']:.{digits}f} "
+            f"| {scale * summary['worst']['metrics'][name]:.{digits}f} "
+            f"| {scale * summary['best']['metrics'][name]:.{digits}f} "
+            f"| {scale * summary['first_repeat'].get(name, float('nan')):.{digits}f} |")
     return "\n".join(lines)

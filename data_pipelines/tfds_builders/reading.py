@@ -61,10 +61,20 @@ def load_prepared(name, data_dir=None, allow_partial=False):
     """
     prepared = builder(name, data_dir, allow_partial)
     if not prepared.is_prepared():
+        other = builder(name, data_dir, not allow_partial)
+        if other.is_prepared() and not allow_partial:
+            hint = (f"; the partial copy {other.name}/partial lies next to it (any subset of "
+                    "the images): read it with allow_partial=True (the runner's --allow_partial)")
+        elif other.is_prepared():
+            hint = (f"; the full copy {other.name}/full lies next to it: read it with "
+                    "allow_partial=False (without --allow_partial)")
+        else:
+            hint = ""
         raise FileNotFoundError(
             f"no prepared TFDS copy {prepared.name}/{prepared.builder_config.name} in "
-            f"{prepared.data_dir}; prepare it once with data_pipelines.tfds_builders.prepare("
-            f"{name!r}, manual_dir=<downloaded folder>, data_dir=...) (or --data_source=files)")
+            f"{prepared.data_dir}{hint}; or prepare it once with "
+            f"data_pipelines.tfds_builders.prepare({name!r}, manual_dir=<downloaded folder>, "
+            "data_dir=...) (or --data_source=files)")
     splits = {split: _split_records(info) for split, info in prepared.info.splits.items()}
     if name == "inshop":
         return records_lib.DatasetSplits(

@@ -332,3 +332,50 @@ def test_training_curves_stay_within_100_percent_on_whole_epochs():
     for axis in (loss_ax, map_ax):
         ticks = [t for t in axis.get_xticks() if axis.get_xlim()[0] <= t <= axis.get_xlim()[1]]
         assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+# --- case 7: smaller ones ------------------------------------------------------------------------
+def test_export_embed_says_how_many_files_it_skipped(tmp_path, capsys):
+    import ccp
+    from PIL import Image
+
+    model = ccp.models.build_embedding_model("small_cnn", embedding_size=4, name="skip_count")
+    export_dir = ccp.export.export_embedder(model, str(tmp_path / "export"))
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images / "a.png")
+    (images / "b.webp").write_bytes(b"RIFF....WEBP")
+    (images / "notes.txt").write_text("not an image")
+    assert ccp.export.main(["embed", "--model", str(export_dir), "--images", str(images),
+                            "--out", str(tmp_path / "emb.npy")]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 2 file(s) that are not .jpg/.jpeg/.png" in captured.err
+    assert "b.webp" in captured.err and "notes.txt" in captured.err
+    assert captured.out.strip().endswith("skipped 2 file(s) that are not .jpg/.jpeg/.png")
+    only_others = tmp_path / "others"
+    only_others.mkdir()
+    (only_others / "c.webp").write_bytes(b"RIFF")
+    with pytest.raises(SystemExit):
+        ccp.export.main(["embed", "--model", str(export_dir), "--images", str(only_others),
+                         "--out", str(tmp_path / "none.npy")])
+    assert "it holds 1 other file(s), e.g. c.webp" in capsys.readouterr().err
+
+
+def test_ensembles_table_prints_counts_as_counts():
+    from experiments import ensembles
+
+    def metrics(map_at_r):
+        return {"map_at_r": map_at_r, "num_queries": 36.0}
+
+    evaluated = [{"repeats": [0, 0], "metrics": metrics(0.2)},
+                 {"repeats": [1, 0], "metrics": metrics(0.3)}]
+    summary = ensembles.summarize_ensembles(evaluated, metrics(0.2))
+    table = ensembles.ensembles_table(summary, 8, 2, 2)
+    assert "| num_queries | 36 ± 0 | 36 | 36 | 36 |" in table
+    assert "| MAP@R | 25.00 ± 5.00 | 20.00 | 30.00 | 20.00 |" in table
+
+
+def test_help_exits_with_status_0():
+    out = _cli("--help")
+    assert out.returncode == 0 and "--validation_classes" in out.stdout
+

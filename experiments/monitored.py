@@ -50,8 +50,8 @@ class MonitoredTrainer(ccp.training.Trainer):
         metrics["embedding_spread"] = health.embedding_spread(query)
         return metrics
 
-    def _validate(self, validation_data, record):
-        metric = super()._validate(validation_data, record)
+    def validate(self, validation_data, record):
+        metric = super().validate(validation_data, record)
         if validation_data is None:
             return metric
         value = record[f"val_{self.monitor}"]

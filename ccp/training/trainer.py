@@ -281,7 +281,7 @@ class Trainer:
             epoch = int(self.state.epoch.numpy()) + 1
             record = self._train_epoch(iterator, epoch,
                                        _step_projection(self, epoch, pool_fn, log))
-            metric = self._validate(validation_data, record)
+            metric = self.validate(validation_data, record)
             symptom = health.collapse_symptom(record)
             if symptom is not None:
                 raise health.TrainingCollapsed(health.collapse_message(
@@ -321,8 +321,11 @@ class Trainer:
                 "phase": phase, **means, "lr": self.learning_rate(phase),
                 "train_seconds": time.time() - started}
 
-    def _validate(self, validation_data, record):
-        """Adds the validation metrics (``val_*``) to the record; returns the MAP@R or None."""
+    def validate(self, validation_data, record):
+        """One epoch's validation: adds the metrics (``val_*``) to the epoch ``record`` and
+        returns the value early stopping, the plateau schedule and CCP's default monitor follow
+        (the MAP@R; None without validation data). Subclasses override it to follow another
+        metric (``experiments/monitored.py``)."""
         metric = None
         if validation_data is not None:
             validation = self.evaluate(validation_data)

@@ -46,6 +46,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # training runs in subprocesses
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = 0
 # Trained test MAP@R must exceed the untrained one by this much (absolute, in [0, 1]): above the

@@ -64,6 +64,7 @@ def test_eval_preprocessing_keeps_the_center():
     assert out[0, :, 4:28].min() > 150 and out[0, :, 16].min() > 150
 
 
+@pytest.mark.slow
 def test_reload_in_a_fresh_process_without_ccp(tmp_path, models, exports):
     batches = [_uint8(i, 3, h, w) for i, (h, w) in enumerate(SIZES)]
     np.savez(tmp_path / "images.npz", *batches)
@@ -148,6 +149,7 @@ def _write_images(folder):
     return ["D.PNG", "a.jpg", "b.png", "gray.png", "sub/c.png"]  # sorted by path
 
 
+@pytest.mark.slow
 def test_cli_embeds_a_folder(tmp_path, exports):
     folder = tmp_path / "images"
     expected_order = _write_images(folder)

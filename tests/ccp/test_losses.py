@@ -345,6 +345,7 @@ def test_xbm_state_is_in_layer_weights_and_checkpoints(tmp_path):
         losses.CrossBatchMemory(losses.ContrastiveLoss(), 3, 4, start_at=-1)
 
 
+@pytest.mark.slow
 def test_xbm_under_mirrored_strategy_keeps_replicas_identical():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
@@ -392,6 +393,7 @@ def test_get_config_round_trip(make):
     assert_config_round_trip(make(), seed=10)
 
 
+@pytest.mark.slow
 def test_proxy_losses_inside_tf_function_and_mirrored_strategy():
     x, y = batch(4, 3, 5, seed=11)
     layer = losses.CCPLoss(losses.ContrastiveLoss(), 4, 5, proxies_per_class=2)

@@ -403,6 +403,7 @@ def test_rho_draws_are_reproducible_checkpointed_and_at_the_rate(tmp_path):
     assert int(counter.numpy()) == 5
 
 
+@pytest.mark.slow
 def test_rho_under_tf_function_and_mirrored_strategy_is_replica_consistent():
     x, y = batch(4, 2, 5, seed=13)
     eager = losses.TripletLoss(0.2, p_switch=0.5, switch_seed=2)

@@ -528,6 +528,7 @@ def test_distance_weighted_miner_in_a_loss_is_seeded_and_checkpointed(tmp_path):
     assert np.isfinite(float(xbm.loss_terms(y, x, training=True)["loss"]))
 
 
+@pytest.mark.slow
 def test_seeded_draws_are_replica_consistent_under_mirrored_strategy():
     x, y = batch(3, 2, 4, seed=23)
     makers = [lambda: losses.ProxySynthesisLoss(losses.ProxyNCALoss(3, 4, seed=1), seed=4),

@@ -380,6 +380,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_replicas_match_one_replica_on_the_concatenated_batch():
     images, labels = batch_at(3)
     single = make_trainer(model=make_model(batchnorm=False, seed=1), clip_norm=1.0,

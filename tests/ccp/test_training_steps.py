@@ -50,6 +50,7 @@ def test_xla_compiled_step_matches_the_plain_step():
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_two_steps_per_call_on_two_replicas_match_one_replica():
     single = make_trainer(model=make_model(batchnorm=False, seed=1), learning_rate=0.01)
     strategy = two_cpu_strategy()

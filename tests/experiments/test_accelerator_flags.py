@@ -45,6 +45,7 @@ def test_tpu_needs_a_name_the_ingraph_pipeline_and_a_tfds_copy():
         config_lib.validate(_digits(steps_per_execution=0))
 
 
+@pytest.mark.slow
 def test_tpu_flag_errors_are_one_line_before_tensorflow_starts(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     out = subprocess.run(
@@ -67,6 +68,7 @@ def _closed_port():
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tpu", ["grpc://127.0.0.1:{port}", "no-such-tpu-ccp-test"])
 def test_an_unreachable_tpu_is_a_user_error_naming_the_flag(tpu):
     """A grpc:// address that does not answer fails fast (gRPC alone retries for minutes); a
@@ -90,6 +92,7 @@ def _metrics(tmp_path, name, **changes):
     return stored["per_fold"], stored["average"]
 
 
+@pytest.mark.slow
 def test_steps_per_execution_gives_the_same_results(tmp_path):
     """5 steps: one call of 4 steps and one of 1 (the library test proves equal weights with
     CCP; here the flag's way through the protocol to results.json)."""

@@ -15,6 +15,7 @@ from experiments import registry
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.mark.slow
 def test_config_modules_do_not_import_tensorflow():
     code = ("import sys; import ccp.defaults, experiments.config, experiments.flags, "
             "experiments.registry, experiments.run_folder; "
@@ -211,6 +212,7 @@ def test_no_long_functions_or_classes():
     assert long == []
 
 
+@pytest.mark.slow
 def test_ccp_refuses_a_non_tensorflow_keras_backend(tmp_path):
     import ccp
 
@@ -226,6 +228,7 @@ def test_ccp_refuses_a_non_tensorflow_keras_backend(tmp_path):
     assert "ccp needs the TensorFlow backend of Keras 3" in out.stderr and "'torch'" in out.stderr
 
 
+@pytest.mark.slow
 def test_ccp_turns_on_onednn_only_before_tensorflow_and_never_over_a_choice():
     import ccp
 

@@ -11,6 +11,8 @@ from experiments import flags as flags_lib
 from experiments import protocol
 from experiments import results as results_lib
 
+pytestmark = pytest.mark.slow  # end-to-end protocol runs
+
 
 def _tiny(output_dir, **changes):
     values = dict(output_dir=str(output_dir), steps_per_epoch=2, max_epochs=1, embedding_size=8,

@@ -90,6 +90,7 @@ def _digits(tmp_path, *variants, frozen=(), **changes):
     return config.replace(**values)
 
 
+@pytest.mark.slow
 def test_repeats_report_every_ensemble_from_the_stored_embeddings(tmp_path):
     config = _digits(tmp_path, repeats=2, ccp=False, max_epochs=1)
     results = protocol.run(config)
@@ -116,6 +117,7 @@ def test_repeats_report_every_ensemble_from_the_stored_embeddings(tmp_path):
     assert "4 combinations (2^2)" in results["table"]
 
 
+@pytest.mark.slow
 def test_conventional_variant_selects_on_test_stops_early_and_projects(tmp_path, caplog):
     # A learning rate too small to move Recall@1: no improvement after epoch 1, so with
     # patience 1 early stopping ends the run and the CCP instance ends (projection) at epoch 2.
@@ -148,6 +150,7 @@ def cub_fixture(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_cub_flagfile_draws_train_transform_pools_one_epoch_late(cub_fixture, tmp_path, caplog):
     config = flags_lib.parse_flagfile("cub.cfg", extra=[
         f"--data_dir={cub_fixture}", "--allow_partial", f"--output_dir={tmp_path / 'run'}",

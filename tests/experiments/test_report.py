@@ -165,6 +165,7 @@ def test_covering_radius_figure_marks_projections_and_names_folds_without():
     assert "not measured" in report.radius_notes(unmeasured)[0]
 
 
+@pytest.mark.slow
 def test_tiny_digits_ccp_run_reports_radius_projections_and_panels(tmp_path):
     output = tmp_path / "run"
     config = flags_lib.parse_flagfile("digits.cfg").replace(

@@ -24,6 +24,7 @@ def test_a_held_lock_names_its_holder_and_is_released(tmp_path):
     assert not os.path.exists(os.path.join(tmp_path, run_folder.LOCK_FILE))
 
 
+@pytest.mark.slow
 def test_a_dead_process_lock_is_taken_over(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True)

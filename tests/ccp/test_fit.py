@@ -226,3 +226,50 @@ def test_projection_every_steps_on_the_fit_path():
     # 8 steps: projections after steps 3 and 6, each with lambda_0.
     assert projection.get_state()["instance"] == 2
     assert float(projection.lambda_t.numpy()) == pytest.approx(0.5)
+
+
+class _SubclassedEmbedder(keras.Model):
+    """A subclassed embedder (no functional graph): Dense -> ReLU -> Dense."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(16, activation="relu")
+        self.head = keras.layers.Dense(4)
+
+    def call(self, inputs, training=None):
+        return self.head(self.hidden(inputs))
+
+
+@pytest.mark.parametrize("make_loss", [
+    lambda: ccp.losses.ProxyAnchorLoss(NUM_CLASSES, 4),
+    lambda: ccp.losses.ProxyNCALoss(NUM_CLASSES, 4),
+    lambda: ccp.losses.SoftTripleLoss(NUM_CLASSES, 4, centers_per_class=2),
+], ids=["proxy_anchor", "proxy_nca", "soft_triple"])
+def test_proxy_losses_train_their_proxies_through_fit(make_loss):
+    embedder, loss = _SubclassedEmbedder(), make_loss()
+    embedder(np.zeros((1, FEATURES), np.float32))
+    model = ccp.models.MetricModel(embedder, loss)
+    assert all(any(v is w for w in model.trainable_variables) for v in loss.proxy_variables)
+    optimizer = ccp.training.ReferenceAdam(0.01, proxy_lr_multiplier=100.0)
+    model.compile(optimizer=optimizer)
+    assert optimizer.lr_multiplier(loss.proxy_variables[0]) == 100.0
+    before = [v.numpy().copy() for v in loss.proxy_variables]
+    history = model.fit(_train_dataset(), epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"]).all()
+    for old, variable in zip(before, loss.proxy_variables):
+        assert np.abs(variable.numpy() - old).max() > 1e-3  # the 100x step moved them
+
+
+def test_metric_model_round_trips_through_keras_saving(tmp_path):
+    embedder = make_model(seed=3)
+    model = ccp.models.MetricModel(embedder, make_loss(seed=4))
+    model.compile(optimizer=ccp.training.ReferenceAdam(0.01))
+    model.fit(_train_dataset(), epochs=1, verbose=0, shuffle=False)
+    path = str(tmp_path / "metric_model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    assert isinstance(loaded, ccp.models.MetricModel)
+    x = batch_at(0)[0]
+    np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(loaded.metric_loss.proxies.numpy(),
+                                  model.metric_loss.proxies.numpy())

@@ -2,7 +2,8 @@
 
 Each kind of stop has its own exit status (FAULTS.md lists them with what the user sees):
 
-  2    user error: flags, data, output folder (found before anything is trained)
+  2    user error: flags, data, output folder (found before anything is trained), or a run
+       folder whose kept checkpoints are all damaged
   3    a write failed: disk full, quota, read-only file system (during the run)
   4    training diverged: non-finite loss or gradient, or a collapsed model
   5    out of memory (TensorFlow's ResourceExhaustedError that is not a full disk)
@@ -81,6 +82,8 @@ def describe(error, output_dir):
                                f"{output_dir}; lower --classes_per_batch or --eval_batch_size "
                                "and rerun into another --output_dir, or free memory and rerun "
                                "the same command to resume")
+    if any(cls.__name__ == "DamagedCheckpointError" for cls in type(error).__mro__):
+        return USAGE_ERROR, " ".join(str(error).split())
     if isinstance(error, (UserError, OSError)):
         return USAGE_ERROR, " ".join(str(error).split())
     return None

@@ -32,6 +32,10 @@ def random_states(layers):
     return states
 
 
+class DamagedCheckpointError(ValueError):
+    """Every kept checkpoint of a folder is damaged (names them and the folder)."""
+
+
 class Checkpointing:
     """A ``tf.train.CheckpointManager`` over ``objects`` in this worker's folder.
 
@@ -72,7 +76,8 @@ class Checkpointing:
 
         Raises:
           ValueError: the checkpoint was written by a run with other objects (model, loss,
-            optimizer, projection or schedule differ), or every checkpoint is damaged.
+            optimizer, projection or schedule differ).
+          DamagedCheckpointError: every kept checkpoint is damaged.
         """
         if self.manager is None:
             return None
@@ -103,5 +108,5 @@ class Checkpointing:
                                 ", ".join(damaged))
             logging.info("resumed from %s", path)
             return path
-        raise ValueError(f"every checkpoint in {self.checkpoint_dir} is damaged "
+        raise DamagedCheckpointError(f"every checkpoint in {self.checkpoint_dir} is damaged "
                          f"({', '.join(damaged)}); delete that folder to train from the start")

@@ -213,8 +213,11 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_previous(tmp_path, capl
     assert "checkpoint " + os.path.join(folder, "ckpt-3") + " is damaged" in warned
     index = os.path.join(folder, "ckpt-2.index")  # both kept checkpoints damaged
     open(index, "wb").write(open(index, "rb").read()[:10])
-    with pytest.raises(ValueError, match=f"every checkpoint in {folder} is damaged .*ckpt-2"):
+    with pytest.raises(checkpointing.DamagedCheckpointError,
+                       match=f"every checkpoint in {folder} is damaged .*ckpt-2") as raised:
         restorer.restore()
+    status, message = faults.describe(raised.value, str(tmp_path))
+    assert status == faults.USAGE_ERROR and "delete that folder" in message
 
 
 def test_a_damaged_config_json_names_the_file_and_the_way_out(tmp_path):

@@ -19,6 +19,8 @@ import tensorflow as tf
 
 import ccp
 
+pytestmark = pytest.mark.slow  # steps and projections of whole training runs
+
 IN, HIDDEN, D = 6, 5, 4
 CLASSES, K, POOL = 3, 2, 3
 PER_CLASS = 4

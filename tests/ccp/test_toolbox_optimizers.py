@@ -79,6 +79,7 @@ def test_build_optimization_optimizers_and_warmup_variants():
     assert whole.warmup_epochs == 2 and whole.steps_in_epoch(1, 25) == 25
 
 
+@pytest.mark.slow
 def test_fractional_warmup_runs_a_short_first_epoch():
     model, loss = make_model(), make_loss()
     optimization = training.build_optimization(

@@ -441,7 +441,10 @@ def _active_proxy_negatives(layer, x, y):
 
 @pytest.mark.parametrize("term,neg_margin,jit", [
     ("loss", 0.9, False), ("pair", 0.9, False), ("proxy", 0.9, False),
-    ("loss", 0.05, False), ("proxy", 0.05, False), ("loss", 0.9, True), ("loss", 0.05, True)])
+    ("loss", 0.05, False), ("proxy", 0.05, False),
+    # XLA-compiling the whole step again: several seconds each, not in make test-fast.
+    pytest.param("loss", 0.9, True, marks=pytest.mark.slow),
+    pytest.param("loss", 0.05, True, marks=pytest.mark.slow)])
 def test_fused_c2_ccp_equals_the_composed_loss(term, neg_margin, jit):
     """The fused path (sparse positives, dense negatives only when one is active) against the
     loss composed from ``ContrastiveLoss.compute``, in both branches, also compiled by XLA."""

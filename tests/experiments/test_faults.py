@@ -220,6 +220,29 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_previous(tmp_path, capl
     assert status == faults.USAGE_ERROR and "delete that folder" in message
 
 
+@pytest.mark.slow
+def test_a_run_resumes_past_a_truncated_checkpoint(tmp_path, caplog):
+    """The issue's case through the runner: the unfinished fold's latest checkpoint truncated
+    (the results of fold 1 lost, as if killed while it wrote them); the rerun warns, naming the
+    file, resumes from the checkpoint before it and finishes the folder."""
+    config = _digits(tmp_path, max_epochs=3, patience=10, ccp_patience=10)
+    protocol.run(config)
+    fold_dir = os.path.join(config.run.output_dir, "repeat_0", "fold_1")
+    os.remove(os.path.join(fold_dir, "fold_result.json"))
+    damaged = os.path.join(fold_dir, "checkpoints", "ckpt-3.data-00000-of-00001")
+    data = open(damaged, "rb").read()
+    open(damaged, "wb").write(data[:len(data) // 3])
+    caplog.set_level("INFO")
+    protocol.run(config)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"checkpoint {os.path.join(fold_dir, 'checkpoints', 'ckpt-3')} is "
+                            "damaged (IndexError") for m in messages), messages
+    assert any("resumed at epoch 2" in m for m in messages), messages
+    assert run_folder.completed(config.run.output_dir)
+    stored = json.load(open(os.path.join(fold_dir, "fold_result.json")))
+    assert stored["training"]["epochs"] == 3
+
+
 def test_a_damaged_config_json_names_the_file_and_the_way_out(tmp_path):
     config = config_lib.ExperimentConfig()
     run_folder.store_config(config.to_dict(), str(tmp_path))

@@ -77,7 +77,7 @@ class AlternatingProjectionCallback(keras.callbacks.Callback):
     - at every epoch end, ``projection.on_epoch_end(value)`` with the value of the
       projection's ``monitor`` from ``logs`` (``"val_" + monitor``, or ``"loss"``): new best
       snapshots, or a projection (``w_prev`` <- best, ``lambda_t``, proxies rebuilt from pool
-      ``t``); ``logs`` gain ``ccp_instance`` and ``ccp_lambda``, and :attr:`last_decision`
+      ``t``); ``logs`` gain ``ccp_instance`` and ``ccp_lambda_t``, and :attr:`last_decision`
       holds the :class:`ccp.projection.ScheduleDecision`;
     - with ``projection_every_steps=N``, a projection after every N optimizer steps (counted by
       the optimizer's checkpointed ``iterations``; compile with ``steps_per_execution=1`` so
@@ -173,4 +173,4 @@ class AlternatingProjectionCallback(keras.callbacks.Callback):
             logging.info("CCP fit: epoch %d: %s", epoch + 1, decision.event)
         self.last_decision = decision
         state = projection.state_dict()
-        logs.update({"ccp_instance": state["instance"], "ccp_lambda": state["lambda"]})
+        logs.update({"ccp_instance": state["instance"], "ccp_lambda_t": state["lambda"]})

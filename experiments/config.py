@@ -156,12 +156,14 @@ class CCPConfig:
                                     flag="ccp_proxies_per_class")
     pool_size: int = _field(D.CCP_POOL_SIZE, "b, candidate embeddings per class for the "
                                              "projection.", flag="ccp_pool_size")
-    lambda_0: float = _field(D.CCP_LAMBDA, "lambda_0 of the proximal term.", flag="ccp_lambda")
+    lambda_0: float = _field(D.CCP_LAMBDA, "lambda_0 of the proximal term.",
+                             flag="ccp_lambda_0")
     decay: float = _field(D.CCP_DECAY, "Decay of lambda per problem instance.", flag="ccp_decay")
     patience: int = _field(D.CCP_PATIENCE, "Epochs without MAP@R improvement that end a problem "
                                            "instance.", flag="ccp_patience")
     min_epochs_per_instance: int = _field(D.CCP_MIN_EPOCHS_PER_INSTANCE, "Minimum epochs per "
-                                          "problem instance.", flag="ccp_min_iterations")
+                                          "problem instance.",
+                                          flag="ccp_min_epochs_per_instance")
     min_delta: float = _field(D.CCP_MIN_DELTA, "Smallest MAP@R gain that counts as an "
                                                "improvement of a problem instance.",
                               flag="ccp_min_delta")
@@ -177,10 +179,9 @@ class CCPConfig:
                                           "augmentation (the reference's) or the evaluation "
                                           "transform.", registry.POOL_TRANSFORMS,
                                  flag="ccp_pool_transform")
-    monitor_metric: str = _field(D.CCP_MONITOR, "Metric the CCP schedule follows: a validation "
-                                                "metric (map_at_r, precision_at_1, "
-                                                "recall_at_K, r_precision) or loss (minimum).",
-                                 flag="ccp_monitor_metric")
+    monitor: str = _field(D.CCP_MONITOR, "Metric the CCP schedule follows: a validation metric "
+                                         "(map_at_r, precision_at_1, recall_at_K, r_precision) "
+                                         "or loss (minimum).", flag="ccp_monitor")
     fixed_interval: int = _field(D.CCP_FIXED_INTERVAL, "Project every N epochs without early "
                                  "stopping (0 = at instance ends).", flag="ccp_fixed_interval")
     projection_every_steps: int = _field(
@@ -309,6 +310,21 @@ GROUPS = {
 }
 
 
+# Old flag spellings -> the flag now named like the library argument (one name per concept).
+# The old ones still work everywhere: command line and flagfiles (absl aliases), from_flags /
+# replace, and the config.json of runs stored before the rename (run_folder reads them).
+RENAMED_FLAGS = {
+    "ccp_lambda": "ccp_lambda_0",
+    "ccp_min_iterations": "ccp_min_epochs_per_instance",
+    "ccp_monitor_metric": "ccp_monitor",
+}
+
+
+def current_flag_names(values):
+    """``{flag: value}`` with old spellings (:data:`RENAMED_FLAGS`) under their new names."""
+    return {RENAMED_FLAGS.get(name, name): value for name, value in values.items()}
+
+
 def flag_name(field):
     """The command-line flag of a group field."""
     return field.metadata.get("flag", field.name)
@@ -333,7 +349,9 @@ class ExperimentConfig:
 
     @classmethod
     def from_flags(cls, values):
-        """Builds a config from ``{flag name: value}`` (missing flags keep their defaults)."""
+        """Builds a config from ``{flag name: value}`` (missing flags keep their defaults;
+        old spellings of renamed flags are accepted)."""
+        values = current_flag_names(values)
         unknown = set(values) - {name for name, _, _ in flag_fields()}
         if unknown:
             raise ConfigError(f"unknown experiment flags: {', '.join(sorted(unknown))}")
@@ -382,7 +400,7 @@ class ExperimentConfig:
 POSITIVE_INTS = (
     "embedding_size", "classes_per_batch", "samples_per_class", "steps_per_epoch", "max_epochs",
     "patience", "folds", "repeats", "eval_batch_size", "ccp_proxies_per_class", "ccp_pool_size",
-    "ccp_patience", "ccp_min_iterations", "xbm_memory_batches", "soft_triple_centers",
+    "ccp_patience", "ccp_min_epochs_per_instance", "xbm_memory_batches", "soft_triple_centers",
     "fastap_num_bins", "steps_per_execution", "proxy_nca_proxies_per_class",
 )
 

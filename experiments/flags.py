@@ -25,6 +25,8 @@ def define_flags(flag_values=flags.FLAGS):
             flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=flag_values)
         else:
             flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
+    for old, new in config_lib.RENAMED_FLAGS.items():  # the old spellings keep working
+        flags.DEFINE_alias(old, new, flag_values=flag_values)
 
 
 def config_from_flags(flag_values=flags.FLAGS):

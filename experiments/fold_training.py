@@ -33,7 +33,7 @@ def build_projection(config, model, loss):
         lambda_0=cfg.lambda_0, decay=cfg.decay, patience=cfg.patience,
         min_epochs_per_instance=cfg.min_epochs_per_instance, min_delta=cfg.min_delta,
         pool_size=cfg.pool_size, random_init=cfg.random_init, monitor_lag=cfg.monitor_lag,
-        monitor=cfg.monitor_metric, fixed_interval=cfg.fixed_interval,
+        monitor=cfg.monitor, fixed_interval=cfg.fixed_interval,
         perturb_noise=cfg.perturb_noise, noise_seed=config.protocol.seed,
         normalized_kcenter=cfg.normalized_kcenter,
         projection_every_steps=cfg.projection_every_steps,

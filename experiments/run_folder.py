@@ -17,7 +17,7 @@ import tempfile
 
 from absl import logging
 
-from experiments.config import ConfigError, UserError
+from experiments.config import ConfigError, UserError, current_flag_names
 
 LOCK_FILE = "run.lock"
 CONFIG_FILE = "config.json"
@@ -271,12 +271,14 @@ def store_config(config_dict, output_dir):
 
 
 def _flatten(config_dict):
+    """``{flag: value}`` of a config.json (grouped, or flat from an earlier version), with
+    renamed flags under their current names (a run stored before a rename resumes)."""
     if not all(isinstance(group, dict) for group in config_dict.values()):
-        return dict(config_dict)  # a flat config.json of an earlier version
+        return current_flag_names(config_dict)  # a flat config.json of an earlier version
     flat = {}
     for value in config_dict.values():
         flat.update(value)
-    return flat
+    return current_flag_names(flat)
 
 
 def completed(output_dir):

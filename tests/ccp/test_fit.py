@@ -173,7 +173,7 @@ def test_retrieval_metrics_reach_keras_callbacks():
         ccp.callbacks.RetrievalEvaluation(validation_data()),
         ccp.callbacks.AlternatingProjectionCallback(proxy_pool=_pool_dataset), stop, plateau])
     for key in ("val_map_at_r", "val_r_precision", "val_precision_at_1", "val_recall_at_1",
-                "ccp_instance", "ccp_lambda"):
+                "ccp_instance", "ccp_lambda_t"):
         assert key in history.history, sorted(history.history)
     values = history.history["val_map_at_r"]
     assert all(0.0 <= v <= 1.0 for v in values)

@@ -169,7 +169,7 @@ def test_data_independent_conflicts_name_the_flags(tmp_path):
     config_lib.validate(base.replace(weights=str(weight_file)))  # a user's file, small_cnn too
     with pytest.raises(config_lib.ConfigError, match="--xbm needs a pair loss"):
         config_lib.validate(base.replace(loss="soft_triple", xbm=True))
-    with pytest.raises(config_lib.ConfigError, match="--ccp_min_iterations must be >= 1"):
+    with pytest.raises(config_lib.ConfigError, match="--ccp_min_epochs_per_instance must be >= 1"):
         config_lib.validate(base.replace(ccp_min_iterations=0))
     config_lib.validate(base.replace(dataset="glyphs"))  # embedded: no --data_dir needed
     with pytest.raises(config_lib.ConfigError, match="--miner=hard_negatives needs a pair loss"):

@@ -313,6 +313,8 @@ KNOBS = {  # C2-CCP variants at C2-CCP's chosen learning rate (the flagfile: K 4
     "pool b=16": ("--ccp_pool_size=16",),
     "pair weight 0": ("--ccp_pair_weight=0",), "pair weight 1": ("--ccp_pair_weight=1",),
     "CCP patience 1": ("--ccp_patience=1",), "CCP patience 6": ("--ccp_patience=6",),
+    # not the paper's CCP (no multiplier there): lets the proxies move between projections
+    "proxy lr x100": ("--proxy_lr_multiplier=100",),
 }
 SCRATCH_LR = "1e-3"  # glyphs.cfg's from-scratch rate
 

@@ -28,6 +28,7 @@ from ccp import defaults
 from ccp import metrics as metrics_lib
 from ccp.projection import kcenter
 from ccp.training import embedding as embedding_lib
+from ccp.training import health
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):
@@ -49,15 +50,18 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         self.prefix = str(prefix)
 
     def evaluate(self):
-        """``{name: float}``: map_at_r, r_precision, precision_at_1, recall_at_<k>, ..."""
+        """``{name: float}``: map_at_r, r_precision, precision_at_1, recall_at_<k>, ..., and
+        ``embedding_spread`` (:func:`ccp.training.health.embedding_spread`)."""
         embeddings, labels = embedding_lib.embed_dataset(self.embedder or self.model,
                                                          self.validation_data)
         if labels is None:
             raise ValueError("RetrievalEvaluation needs (images, labels) validation batches")
         results = metrics_lib.retrieval_metrics(embeddings, labels, recall_at=self.recall_at)
-        return {k: float(v) for k, v in results.items()
-                if isinstance(v, (int, float, np.floating, np.integer))
-                and not isinstance(v, bool)}
+        results = {k: float(v) for k, v in results.items()
+                   if isinstance(v, (int, float, np.floating, np.integer))
+                   and not isinstance(v, bool)}
+        results["embedding_spread"] = health.embedding_spread(embeddings)
+        return results
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -79,6 +83,10 @@ class AlternatingProjectionCallback(keras.callbacks.Callback):
       snapshots, or a projection (``w_prev`` <- best, ``lambda_t``, proxies rebuilt from pool
       ``t``); ``logs`` gain ``ccp_instance`` and ``ccp_lambda_t``, and :attr:`last_decision`
       holds the :class:`ccp.projection.ScheduleDecision`;
+    - a collapsed model (coinciding validation embeddings: ``val_embedding_spread`` of
+      :class:`RetrievalEvaluation`) stops training with
+      ``ccp.training.health.TrainingCollapsed`` before its pool reaches the projection (add
+      ``keras.callbacks.TerminateOnNaN()`` for non-finite losses);
     - with ``projection_every_steps=N``, a projection after every N optimizer steps (counted by
       the optimizer's checkpointed ``iterations``; compile with ``steps_per_execution=1`` so
       batch ends fall on every step).
@@ -168,6 +176,12 @@ class AlternatingProjectionCallback(keras.callbacks.Callback):
         except ValueError as error:
             raise ValueError(f"{error}. Put ccp.callbacks.RetrievalEvaluation(validation_data) "
                              f"before AlternatingProjectionCallback in the callbacks") from None
+        symptom = health.collapse_symptom(logs)
+        if symptom is not None:  # a collapsed model would feed CCP a meaningless pool
+            raise health.TrainingCollapsed(
+                f"training collapsed at epoch {epoch + 1}: {symptom}. Likely cause: a learning "
+                f"rate too large for this model; lower it (SPEC §6 uses 1e-5) or check the "
+                f"inputs")
         decision = projection.on_epoch_end(value, self._pool_fn())
         if decision.event is not None:
             logging.info("CCP fit: epoch %d: %s", epoch + 1, decision.event)

@@ -273,3 +273,16 @@ def test_metric_model_round_trips_through_keras_saving(tmp_path):
     np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(loaded.metric_loss.proxies.numpy(),
                                   model.metric_loss.proxies.numpy())
+
+
+def test_a_collapsed_model_stops_before_the_projection():
+    """All-zero weights map every image to one embedding: the spread is 0."""
+    model = _ccp_model()
+    for variable in model.embedder.trainable_variables:
+        variable.assign(np.zeros(variable.shape, np.float32))
+    model.compile(optimizer=ccp.training.ReferenceAdam(1e-12))
+    with pytest.raises(ccp.training.health.TrainingCollapsed, match="coincide"):
+        model.fit(_train_dataset(), epochs=2, verbose=0, shuffle=False, callbacks=[
+            ccp.callbacks.RetrievalEvaluation(validation_data()),
+            ccp.callbacks.AlternatingProjectionCallback(proxy_pool=_pool_dataset)])
+    assert model.projection.get_state()["instance"] == 0

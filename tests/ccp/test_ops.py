@@ -6,22 +6,48 @@ import tensorflow as tf
 from ccp import ops
 
 
+EPS = np.finfo(np.float32).eps
+
+
 def _brute_distances(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return np.array([[np.sqrt(np.sum((x - y) ** 2)) for y in b] for x in a])
+
+
+def _squared_error_bound(a, b):
+    """Largest float32 error of ``|a|^2 + |b|^2 - 2 a.b`` per pair, from the formula: each of the
+    three is a sum of ``D`` products, in error by at most ``D eps`` times the sum of the
+    products' magnitudes (whatever order a matmul kernel, oneDNN or Eigen, AVX2 or AVX-512,
+    adds them in), and two additions and the scaling add ``3 eps`` of the operands:
+    ``(D + 3) eps (|a| + |b|)^2``."""
+    na = np.linalg.norm(np.asarray(a, np.float64), axis=1)[:, None]
+    nb = np.linalg.norm(np.asarray(b, np.float64), axis=1)[None, :]
+    return (a.shape[1] + 3) * EPS * (na + nb) ** 2
+
+
+def _distance_error_bound(a, b, d):
+    """Through the square root: ``|sqrt(d^2 + e) - d| <= min(e / (2 d), sqrt(e))``, plus its own
+    rounding (``eps d``)."""
+    e = _squared_error_bound(a, b)
+    with np.errstate(divide="ignore"):
+        return np.minimum(e / (2.0 * d), np.sqrt(e)) + EPS * d
 
 
 def test_pairwise_distances_match_brute_force():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(7, 5)).astype(np.float32)
     b = rng.normal(size=(4, 5)).astype(np.float32)
-    np.testing.assert_allclose(ops.pairwise_distances(a, b).numpy(), _brute_distances(a, b),
-                               atol=1e-5)
-    np.testing.assert_allclose(
-        ops.pairwise_distances(a, b, squared=True).numpy(), _brute_distances(a, b) ** 2, atol=1e-4
-    )
+    d = _brute_distances(a, b)
+    assert np.all(np.abs(ops.pairwise_distances(a, b).numpy() - d)
+                  <= _distance_error_bound(a, b, d))
+    assert np.all(np.abs(ops.pairwise_distances(a, b, squared=True).numpy() - d ** 2)
+                  <= _squared_error_bound(a, b) + EPS * d ** 2)
     within = ops.pairwise_distances(a).numpy()
-    np.testing.assert_allclose(within, _brute_distances(a, a), atol=1e-5)
-    assert np.all(np.diag(within) == 0.0)
+    d_within = _brute_distances(a, a)
+    off_diagonal = ~np.eye(len(a), dtype=bool)
+    assert np.all((np.abs(within - d_within) <= _distance_error_bound(a, a, d_within))
+                  [off_diagonal])
+    assert np.all(np.diag(within) == 0.0)  # set, not left to rounding
 
 
 def test_distance_gradient_is_finite_and_zero_at_zero_distance():
@@ -52,8 +78,12 @@ def test_similarities():
     rng = np.random.default_rng(1)
     a = rng.normal(size=(3, 4)).astype(np.float32)
     b = rng.normal(size=(5, 4)).astype(np.float32)
-    np.testing.assert_allclose(ops.pairwise_similarities(a, b).numpy(), a @ b.T, atol=1e-5)
-    np.testing.assert_allclose(ops.pairwise_similarities(a).numpy(), a @ a.T, atol=1e-5)
+    # A float32 dot product of D terms: error <= D eps |a| |b| in any summation order.
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    bound = a.shape[1] * EPS * np.outer(np.linalg.norm(a64, axis=1), np.linalg.norm(b64, axis=1))
+    assert np.all(np.abs(ops.pairwise_similarities(a, b).numpy() - a64 @ b64.T) <= bound)
+    self_bound = a.shape[1] * EPS * np.outer(*[np.linalg.norm(a64, axis=1)] * 2)
+    assert np.all(np.abs(ops.pairwise_similarities(a).numpy() - a64 @ a64.T) <= self_bound)
 
 
 @pytest.mark.parametrize("labels_shape", ["flat", "column"])

@@ -1,5 +1,20 @@
 """Shared helpers of the loss tests: the float64 Lipschitz normalization, seeded batches,
-central finite differences and the TensorFlow value + gradients of a loss layer."""
+central finite differences and the TensorFlow value + gradients of a loss layer.
+
+The tolerances of the loss tests follow from float32 arithmetic, not from one CPU's output
+(they hold with oneDNN's kernels on or off, on AVX2 and AVX-512):
+- inputs: :func:`batch` rows have norm <= ~3 and ``D <= 16``; every normalized vector, dot
+  product and distance is then in error by at most ``(D + 4) eps`` (``eps = 1.19e-7``: a sum of
+  ``D`` products in any order, the norm, the division, a square root) ~ 2.4e-6 absolutely;
+- values: the losses are means, log-sum-exps or softmaxes of O(1) terms, Lipschitz in those
+  inputs with a constant of at most their largest scale (MS beta = 40, a temperature 1/0.1,
+  SoftTriple lambda = 20), so within 40 * 2.4e-6 ~ 1e-4 absolutely; against losses of O(1),
+  ``rel=1e-4`` (1e-5 where the scales are <= 10);
+- gradients: float32 error of the same order on entries of O(0.1 .. 10); the float64 central
+  differences (h = 1e-5) are exact to ~h^2 times the third derivative (~1e-9) away from hinge
+  kinks (the seeded batches keep every pdist > 1e-4 from a margin): ``atol`` 3e-5 .. 3e-4 (by
+  the loss's scale) with ``rtol=3e-3`` for the large entries.
+"""
 import numpy as np
 import tensorflow as tf
 

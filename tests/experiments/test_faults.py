@@ -405,3 +405,17 @@ def test_help_exits_with_status_0():
     out = _cli("--help")
     assert out.returncode == 0 and "--validation_classes" in out.stdout
 
+
+
+def test_importing_from_the_parent_of_a_clone_named_ccp_loads_the_library(tmp_path):
+    """A clone named ``ccp`` seen from its parent folder: ``import ccp`` finds the clone folder
+    (an empty namespace package before: ``ccp.losses`` -> AttributeError); the root
+    ``__init__.py`` loads the library in its place and says so."""
+    os.symlink(ROOT, tmp_path / "ccp")
+    out = subprocess.run([sys.executable, "-c", "import ccp; print(ccp.defaults.MAX_EPOCHS, "
+                          "ccp.__file__)"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["10000", str(tmp_path / "ccp" / "ccp" / "__init__.py")]
+    assert "'import ccp' found the repository folder" in out.stderr
+    assert "loading the library from" in out.stderr

@@ -13,10 +13,11 @@ import warnings as _warnings
 
 if __name__ == "ccp":
     _library = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "ccp")
-    _warnings.warn(
-        f"'import ccp' found the repository folder {_os.path.dirname(_library)} (Python runs in "
-        f"its parent folder); loading the library from {_library} instead. Run from inside the "
-        "clone, or install it (pip install -e), to import it directly.", stacklevel=2)
+    if "_pytest" not in _sys.modules:  # pytest imports a root folder with __init__.py itself
+        _warnings.warn(
+            f"'import ccp' found the repository folder {_os.path.dirname(_library)} (Python runs "
+            f"in its parent folder); loading the library from {_library} instead. Run from inside "
+            "the clone, or install it (pip install -e), to import it directly.", stacklevel=2)
     _spec = _util.spec_from_file_location("ccp", _os.path.join(_library, "__init__.py"),
                                           submodule_search_locations=[_library])
     _module = _util.module_from_spec(_spec)

@@ -49,12 +49,14 @@ def test_blocks_are_marked_with_known_markers_and_few_are_not_run():
 def _check(namespace):
     """What a block that trains must have done (beyond not raising)."""
     projection = namespace.get("projection")
-    if isinstance(projection, ccp.projection.AlternatingProjection) and "trainer" not in namespace:
-        # the fit path initialized the proxies by greedy k-center from pool 0 (SPEC §5.4)
+    if "model" in namespace and isinstance(projection, ccp.projection.AlternatingProjection) \
+            and isinstance(namespace["model"], ccp.models.MetricModel):
+        # fit initialized the proxies by greedy k-center (SPEC §5.4) and projected (§5.3)
         assert bool(projection.proxies_initialized.numpy())
+        assert projection.get_state()["instance"] >= 1
     result = namespace.get("result")
-    if isinstance(result, dict) and "history" in result:
-        assert result["epochs"] >= 1
+    if isinstance(result, dict) and "projections" in result:  # the Trainer's fit
+        assert result["epochs"] >= 1 and len(result["projections"]) >= 1
 
 
 @pytest.mark.parametrize("group", runnable_groups(),

@@ -59,6 +59,7 @@ def _check(namespace):
         assert result["epochs"] >= 1 and len(result["projections"]) >= 1
 
 
+@pytest.mark.slow  # the glyphs snippets train for 40-60 steps each
 @pytest.mark.parametrize("group", runnable_groups(),
                          ids=lambda group: f"README-line-{group[0][0]}")
 def test_readme_block_runs(group, tmp_path_factory, monkeypatch):

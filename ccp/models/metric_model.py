@@ -58,8 +58,10 @@ class MetricModel(keras.Model):
         None. Its proximal term goes into the optimizer's chain at :meth:`compile`.
       **kwargs: ``keras.Model`` arguments (``name``).
 
-    The fit path runs on one replica: under a multi-replica strategy a pair loss would see only
-    each replica's share of the batch; use :class:`ccp.training.Trainer` there.
+    Under a ``tf.distribute`` strategy (build the model and compile inside its scope) the loss
+    sees the global batch (embeddings and labels all-gathered, as the Trainer's step), and
+    :class:`ccp.training.ReferenceAdam` sums the replicas' gradients before its chain: the
+    step equals the single-device step (BatchNorm statistics stay per replica).
     """
 
     def __init__(self, embedder, loss, projection=None, **kwargs):
@@ -114,15 +116,20 @@ class MetricModel(keras.Model):
             raise ValueError("MetricModel trains on (images, labels) batches; got no labels")
         if sample_weight is not None:
             raise ValueError("MetricModel does not take sample weights")
-        terms = self.metric_loss.loss_terms(tf.reshape(tf.cast(y, tf.int32), [-1]),
-                                            tf.cast(y_pred, tf.float32), training=training)
+        labels = tf.reshape(tf.cast(y, tf.int32), [-1])
+        embeddings = tf.cast(y_pred, tf.float32)
+        context = tf.distribute.get_replica_context()
+        replicas = 1 if context is None else context.num_replicas_in_sync
+        if replicas > 1:
+            # Pair losses must see the global batch: every replica computes the same global
+            # loss; its gradient reaches each replica through its own rows.
+            embeddings = context.all_gather(embeddings, axis=0)
+            labels = context.all_gather(labels, axis=0)
+        terms = self.metric_loss.loss_terms(labels, embeddings, training=training)
         total = tf.cast(terms["loss"], tf.float32)
-        if self.losses:
+        if self.losses:  # per-replica regularization losses: summed over the replicas
             total += tf.cast(tf.add_n(self.losses), tf.float32)
-        replicas = tf.distribute.get_replica_context()
-        if replicas is not None and replicas.num_replicas_in_sync > 1:
-            total /= replicas.num_replicas_in_sync  # Keras sums the replicas' gradients
-        return total
+        return total / replicas  # Keras sums the replicas' gradients
 
     # --- the projection's state in the model's weights (BackupAndRestore, save_weights) -------
     def save_own_variables(self, store):

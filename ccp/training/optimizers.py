@@ -79,8 +79,11 @@ class GradientChain:
     """Mixin: ``apply(grads, variables)`` runs :attr:`gradient_transforms` first.
 
     The transforms follow :mod:`ccp.training.transforms`' protocol ``(grads, variables) ->
-    grads`` (lists; None gradients pass through) and see the gradient of the whole batch once
-    (the fit path is single-replica; the Trainer sums replicas before its own chain).
+    grads`` (lists; None gradients pass through) and see the gradient of the global batch
+    once: in a replica context with several replicas (``model.fit`` under a
+    ``tf.distribute`` strategy) the replicas' gradients are summed first, the chain runs on the
+    sum, and each replica hands the optimizer ``1 / num_replicas`` of the result (Keras sums
+    them once more), as the Trainer's step does.
     """
 
     def _chain(self):
@@ -108,7 +111,18 @@ class GradientChain:
                 "are the model's, which are BatchNorm and which are proxies. Compile a "
                 "ccp.models.MetricModel with it, or call optimizer.attach(model, loss) first")
         variables = list(trainable_variables)
-        grads = transforms_lib.apply_transforms(chain, list(grads), variables)
+        grads = list(grads)
+        context = tf.distribute.get_replica_context()
+        replicas = 1 if context is None else context.num_replicas_in_sync
+        if replicas > 1:  # global-norm clipping must see the global batch's gradient
+            present = [i for i, g in enumerate(grads) if g is not None]
+            summed = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                        [tf.convert_to_tensor(grads[i]) for i in present])
+            for i, g in zip(present, summed):
+                grads[i] = g
+        grads = transforms_lib.apply_transforms(chain, grads, variables)
+        if replicas > 1:
+            grads = [None if g is None else g / replicas for g in grads]
         return super().apply(grads, variables)
 
 

@@ -286,3 +286,24 @@ def test_a_collapsed_model_stops_before_the_projection():
             ccp.callbacks.RetrievalEvaluation(validation_data()),
             ccp.callbacks.AlternatingProjectionCallback(proxy_pool=_pool_dataset)])
     assert model.projection.get_state()["instance"] == 0
+
+
+@pytest.mark.slow
+def test_fit_on_two_replicas_equals_one_replica():
+    """Mirrored fit (2 logical CPUs): the pair loss sees the global batch (all-gather) and the
+    chain sees the summed gradient, so the weights match a single-device fit."""
+    from test_training import two_cpu_strategy
+
+    def train(strategy):
+        with strategy.scope():
+            embedder, loss = make_model(batchnorm=False, seed=7), make_loss(seed=8)
+            model = ccp.models.MetricModel(embedder, loss)
+            # clip_norm small enough to act: it must see the global gradient
+            model.compile(optimizer=ccp.training.ReferenceAdam(0.01, clip_norm=0.05))
+        model.fit(_train_dataset(), epochs=1, verbose=0, shuffle=False)
+        return [v.numpy() for v in model.trainable_variables]
+
+    single = train(tf.distribute.get_strategy())
+    mirrored = train(two_cpu_strategy())
+    for a, b in zip(single, mirrored):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)

@@ -356,10 +356,15 @@ def run(config):
         if changed:  # no fold of the stored run finished: it is set aside, not resumed
             run_folder.restart(output_dir, changed)
         if run_folder.completed(output_dir):
-            logging.info("%s is complete: nothing to do", output_dir)
-            results = run_folder.read_json(os.path.join(output_dir, "results.json"))
-            results["already_complete"] = True
-            return results
+            path = os.path.join(output_dir, "results.json")
+            try:
+                results = run_folder.read_json(path)
+                logging.info("%s is complete: nothing to do", output_dir)
+                results["already_complete"] = True
+                return results
+            except (ValueError, UnicodeDecodeError) as error:  # finished folds are reused
+                logging.warning("%s is damaged (%s): writing it again from the stored folds",
+                                path, error)
         run_folder.mark_incomplete(output_dir)
         run_folder.store_config(config.to_dict(), output_dir)
         results = train_and_report(config, folds, eval_sets)

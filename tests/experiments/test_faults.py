@@ -241,6 +241,17 @@ def test_a_run_resumes_past_a_truncated_checkpoint(tmp_path, caplog):
     assert run_folder.completed(config.run.output_dir)
     stored = json.load(open(os.path.join(fold_dir, "fold_result.json")))
     assert stored["training"]["epochs"] == 3
+    # A damaged results.json of a complete folder is written again from the stored folds.
+    results_path = os.path.join(config.run.output_dir, "results.json")
+    expected = json.load(open(results_path))
+    weights = os.path.join(fold_dir, "model.weights.h5")
+    trained_at = os.path.getmtime(weights)
+    open(results_path, "w").write("{\"per_fo")  # truncated
+    caplog.clear()
+    protocol.run(config)
+    assert any(r.getMessage().startswith(f"{results_path} is damaged") for r in caplog.records)
+    assert json.load(open(results_path))["average"] == expected["average"]
+    assert os.path.getmtime(weights) == trained_at and run_folder.completed(config.run.output_dir)
 
 
 def test_a_damaged_config_json_names_the_file_and_the_way_out(tmp_path):

@@ -94,6 +94,19 @@ def run_method(name, method_flags, output_dir, repeats):
     command = [sys.executable, str(RUNNER), *COMMON, *method_flags,
                *(f"--{flag}" for flag in FLAGS.runner_flags),
                f"--repeats={repeats}", f"--output_dir={output_dir}"]
+    finished = os.path.join(output_dir, "COMPLETE")
+    logged = os.path.join(output_dir, "runner.log")
+    if os.path.exists(finished) and os.path.exists(logged):
+        with open(logged) as log:  # the same command finished before: read its results
+            if log.readline().rstrip("\n") == " ".join(command):
+                with open(os.path.join(output_dir, "results.json")) as handle:
+                    results = json.load(handle)
+                timing = os.path.join(output_dir, "timing.json")
+                wall = cpu = float("nan")
+                if os.path.exists(timing):
+                    with open(timing) as handle:
+                        wall, cpu = json.load(handle)
+                return results, wall, cpu
     os.makedirs(output_dir, exist_ok=True)
     started = time.time()
     with open(os.path.join(output_dir, "runner.log"), "a") as log:
@@ -107,7 +120,10 @@ def run_method(name, method_flags, output_dir, repeats):
                            f"see {os.path.join(output_dir, 'runner.log')}")
     with open(os.path.join(output_dir, "results.json")) as handle:
         results = json.load(handle)
-    return results, time.time() - started, usage.ru_utime + usage.ru_stime
+    wall, cpu = time.time() - started, usage.ru_utime + usage.ru_stime
+    with open(os.path.join(output_dir, "timing.json"), "w") as handle:
+        json.dump([wall, cpu], handle)  # of the last invocation (a resumed run: its rest)
+    return results, wall, cpu
 
 
 def pool_radius_per_projection(run_dir, repeats, folds):

@@ -14,6 +14,7 @@ Layout of ``output_dir`` (see ``experiments/run_folder.py`` for the lifecycle)::
 import os
 import shutil
 import time
+import zipfile
 
 import numpy as np
 from absl import logging
@@ -148,8 +149,17 @@ def _train_sample(config, model, fold, seed, proxies):
 def run_fold(config, fold, fold_dir, repeat, seed, strategy, eval_sets):
     """Trains one fold (or reloads a finished one); returns ``(FoldResult, model or None)``."""
     if FoldResult.exists(fold_dir):
-        logging.info("fold %s already finished in %s: not retrained", fold.index, fold_dir)
-        return FoldResult.load(fold_dir, repeat), None
+        try:
+            result = FoldResult.load(fold_dir, repeat)
+            logging.info("fold %s already finished in %s: not retrained", fold.index, fold_dir)
+            return result, None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            # Its checkpoint holds the trained fold: training resumes at its end (no epoch is
+            # trained again) and the fold is evaluated again.
+            logging.warning("the stored result of fold %s in %s is damaged (%s: %s): evaluating "
+                            "the fold again from its last checkpoint", fold.index, fold_dir,
+                            type(error).__name__, error)
+            os.remove(os.path.join(fold_dir, results_lib.RESULT_FILE))
     os.makedirs(fold_dir, exist_ok=True)
     started = time.time()
     builders.seed_everything(seed)  # the fold's weights do not depend on earlier folds

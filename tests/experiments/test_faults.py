@@ -252,6 +252,21 @@ def test_a_run_resumes_past_a_truncated_checkpoint(tmp_path, caplog):
     assert any(r.getMessage().startswith(f"{results_path} is damaged") for r in caplog.records)
     assert json.load(open(results_path))["average"] == expected["average"]
     assert os.path.getmtime(weights) == trained_at and run_folder.completed(config.run.output_dir)
+    # A truncated test_embeddings.npz of a finished fold (results.json lost too, so the folder
+    # is incomplete): the fold is evaluated again from its last checkpoint, not retrained.
+    fold_0 = os.path.join(config.run.output_dir, "repeat_0", "fold_0")
+    before = json.load(open(os.path.join(fold_0, "fold_result.json")))
+    arrays = os.path.join(fold_0, "test_embeddings.npz")
+    open(arrays, "wb").write(open(arrays, "rb").read()[:100])
+    os.remove(results_path)
+    caplog.clear()
+    protocol.run(config)
+    assert any("the stored result of fold 0" in r.getMessage() and "is damaged" in r.getMessage()
+               for r in caplog.records)
+    after = json.load(open(os.path.join(fold_0, "fold_result.json")))
+    assert after["training"]["epochs"] == before["training"]["epochs"]
+    assert after["test_metrics"] == pytest.approx(before["test_metrics"])
+    assert run_folder.completed(config.run.output_dir)
 
 
 def test_a_damaged_config_json_names_the_file_and_the_way_out(tmp_path):

@@ -142,6 +142,10 @@ class AlternatingProjectionCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._steps_seen = None
+        per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        if self.projection.projection_every_steps and per_call > 1:
+            raise ValueError(f"projection_every_steps needs batch ends at every step: compile "
+                             f"with steps_per_execution=1 (got {per_call})")
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._steps_seen is not None:

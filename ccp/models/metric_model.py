@@ -18,6 +18,7 @@ import json
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from ccp.losses.base import MetricLoss
 
@@ -57,6 +58,11 @@ class MetricModel(keras.Model):
         ``embedder.trainable_variables`` (``proxy_owner=loss`` to rebuild the proxies), or
         None. Its proximal term goes into the optimizer's chain at :meth:`compile`.
       **kwargs: ``keras.Model`` arguments (``name``).
+
+    ``get_config`` holds the embedder and the loss, not the projection: a model saved with
+    ``model.save`` reloads for inference (``keras.saving.load_model``) without its CCP state;
+    resuming a CCP run goes through its weights (``BackupAndRestore``, ``load_weights``) into a
+    model built with the same projection.
 
     Under a ``tf.distribute`` strategy (build the model and compile inside its scope) the loss
     sees the global batch (embeddings and labels all-gathered, as the Trainer's step), and
@@ -145,9 +151,9 @@ class MetricModel(keras.Model):
         super().load_own_variables(_WithoutProjectionState(store))
         saved = [k for k in store.keys() if k.startswith(_STATE_PREFIX)]
         if self.projection is None:
-            if saved:
-                raise ValueError("these weights hold a CCP projection's state; this "
-                                 "MetricModel has no projection")
+            if saved:  # e.g. keras.saving.load_model of a CCP model, for inference
+                logging.info("MetricModel: the saved CCP projection state is not loaded (this "
+                             "model has no projection)")
             return
         variables = self.projection.state_variables()
         if len(saved) != len(variables) + 1:

@@ -273,6 +273,13 @@ def test_metric_model_round_trips_through_keras_saving(tmp_path):
     np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(loaded.metric_loss.proxies.numpy(),
                                   model.metric_loss.proxies.numpy())
+    ccp_model = _ccp_model()  # with a projection: its state is in the weights, not the config
+    ccp_model.fit(_train_dataset(), epochs=1, verbose=0, shuffle=False, callbacks=[
+        ccp.callbacks.AlternatingProjectionCallback(proxy_pool=_pool_dataset)])
+    ccp_model.save(str(tmp_path / "ccp_model.keras"))
+    reloaded = keras.saving.load_model(str(tmp_path / "ccp_model.keras"), compile=False)
+    assert reloaded.projection is None
+    np.testing.assert_allclose(reloaded(x), ccp_model(x), rtol=1e-6, atol=1e-6)
 
 
 def test_a_collapsed_model_stops_before_the_projection():

@@ -275,6 +275,7 @@ def test_metric_model_round_trips_through_keras_saving(tmp_path):
                                   model.metric_loss.proxies.numpy())
     ccp_model = _ccp_model()  # with a projection: its state is in the weights, not the config
     ccp_model.fit(_train_dataset(), epochs=1, verbose=0, shuffle=False, callbacks=[
+        ccp.callbacks.RetrievalEvaluation(validation_data()),
         ccp.callbacks.AlternatingProjectionCallback(proxy_pool=_pool_dataset)])
     ccp_model.save(str(tmp_path / "ccp_model.keras"))
     reloaded = keras.saving.load_model(str(tmp_path / "ccp_model.keras"), compile=False)

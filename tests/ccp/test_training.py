@@ -77,7 +77,7 @@ def pool_fn(model, index):
 OPTIMIZATION_ARGS = {"learning_rate", "lr_schedule", "lr_decay_rate", "lr_decay_steps",
                      "lr_plateau_patience", "lr_plateau_cooldown", "lr_plateau_min_delta",
                      "min_learning_rate", "weight_decay", "clip_norm", "clip_value",
-                     "warmup_epochs", "proxy_lr_multiplier"}
+                     "warmup_epochs", "proxy_lr_multiplier", "optimizer"}
 
 
 def make_trainer(model=None, loss=None, projection_args=None, strategy=None, **kwargs):

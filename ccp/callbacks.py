@@ -32,31 +32,43 @@ from ccp.training import health
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):
-    """Validation retrieval metrics into the epoch's ``logs`` (query set = reference set).
+    """Validation retrieval metrics into the epoch's ``logs``.
 
     Args:
-      validation_data: finite ``tf.data.Dataset`` of ``(images, labels)`` batches.
+      validation_data: finite ``tf.data.Dataset`` of ``(images, labels)`` batches: the queries
+        (and the reference set, unless ``reference_data`` is given).
+      reference_data: None (query set = reference set, each query's own image left out), or
+        the reference set (e.g. In-shop's gallery), a dataset like ``validation_data``.
       recall_at: ranks of the Recall@K entries.
       embedder: the model that embeds (``images -> [B, D]``); default the fitted model.
       prefix: prefix of the logged names ("val_").
     """
 
-    def __init__(self, validation_data, recall_at=defaults.RECALL_AT, embedder=None,
-                 prefix="val_"):
+    def __init__(self, validation_data, reference_data=None, recall_at=defaults.RECALL_AT,
+                 embedder=None, prefix="val_"):
         super().__init__()
         self.validation_data = validation_data
+        self.reference_data = reference_data
         self.recall_at = tuple(int(k) for k in recall_at)
         self.embedder = embedder
         self.prefix = str(prefix)
 
+    def _embed(self, dataset):
+        embeddings, labels = embedding_lib.embed_dataset(self.embedder or self.model, dataset)
+        if labels is None:
+            raise ValueError("RetrievalEvaluation needs (images, labels) batches")
+        return embeddings, labels
+
     def evaluate(self):
         """``{name: float}``: map_at_r, r_precision, precision_at_1, recall_at_<k>, ..., and
-        ``embedding_spread`` (:func:`ccp.training.health.embedding_spread`)."""
-        embeddings, labels = embedding_lib.embed_dataset(self.embedder or self.model,
-                                                         self.validation_data)
-        if labels is None:
-            raise ValueError("RetrievalEvaluation needs (images, labels) validation batches")
-        results = metrics_lib.retrieval_metrics(embeddings, labels, recall_at=self.recall_at)
+        ``embedding_spread`` (:func:`ccp.training.health.embedding_spread`, of the queries)."""
+        embeddings, labels = self._embed(self.validation_data)
+        reference = {}
+        if self.reference_data is not None:
+            reference = dict(zip(("ref_embeddings", "ref_labels"),
+                                 self._embed(self.reference_data)))
+        results = metrics_lib.retrieval_metrics(embeddings, labels, recall_at=self.recall_at,
+                                                **reference)
         results = {k: float(v) for k, v in results.items()
                    if isinstance(v, (int, float, np.floating, np.integer))
                    and not isinstance(v, bool)}

@@ -176,6 +176,10 @@ def test_retrieval_metrics_reach_keras_callbacks():
                 "ccp_instance", "ccp_lambda_t"):
         assert key in history.history, sorted(history.history)
     values = history.history["val_map_at_r"]
+    gallery = ccp.callbacks.RetrievalEvaluation(validation_data(), reference_data=validation_data())
+    gallery.set_model(model)
+    # every query also in the gallery: its own image is its first neighbour
+    assert gallery.evaluate()["precision_at_1"] == 1.0
     assert all(0.0 <= v <= 1.0 for v in values)
     assert bool(model.projection.proxies_initialized.numpy())
     with pytest.raises(ValueError, match="RetrievalEvaluation.*before"):

@@ -1,9 +1,9 @@
 """Issue 24: runs that cannot validate, user-caused runtime failures, corrupt run folders.
 
-Real faults throughout: a path under a file and /sys (read-only even for root) as unusable output
-folders, ``--learning_rate=1e10`` for a divergence, SIGINT for Ctrl-C, truncated files for
-damaged checkpoints and config.json. The one injected fault is the full disk: an
-``OSError(ENOSPC)`` raised where the runner writes a fold's result (FAULTS.md says so).
+Real faults throughout, no mocks: a path under a file and /sys (read-only even for root) as
+unusable output folders, a link to /dev/full as a file on a full disk (ENOSPC on every write),
+``--learning_rate=1e10`` for a divergence, SIGINT for Ctrl-C, truncated files for damaged
+checkpoints, config.json, results.json and stored fold results.
 """
 import errno
 import json
@@ -29,17 +29,11 @@ TINY = ("--steps_per_epoch=2", "--embedding_size=8", "--noreport", "--noexport",
         "--noprogress_bar", "--tsne_points=0", "--radius_images=0", "--nocompute_nmi")
 
 
-def _cli(*args, prelude=None, timeout=300):
-    """run.py as a process; ``prelude``: Python run first in that process (fault injection)."""
+def _cli(*args, timeout=300):
+    """run.py as a process."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    if prelude is None:
-        command = [sys.executable, RUN, *args]
-    else:
-        command = [sys.executable, "-c",
-                   f"import runpy, sys; sys.argv = {[RUN, *args]!r}; sys.path.insert(0, "
-                   f"{ROOT!r}); {prelude}; runpy.run_path({RUN!r}, run_name='__main__')"]
-    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, RUN, *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=timeout)
 
 
 def _last_error(stderr):
@@ -134,20 +128,25 @@ def test_describe_gives_each_failure_its_exit_status(tmp_path):
 
 @pytest.mark.slow
 def test_disk_full_says_what_was_kept(tmp_path):
-    """ENOSPC injected where a fold's result is written, after its checkpoints were saved."""
+    """A real ENOSPC: the file fold 0's test embeddings are written to is a link to /dev/full
+    (every write fails with "No space left on device"), after the fold's checkpoints were
+    saved."""
     out_dir = tmp_path / "run"
-    prelude = ("import errno; from experiments import results; "
-               "results.FoldResult.save = lambda self, d: (_ for _ in ()).throw("
-               "OSError(errno.ENOSPC, 'No space left on device', d))")
-    out = _cli(*TINY, "--max_epochs=2", "--folds=2", f"--output_dir={out_dir}", prelude=prelude)
+    fold_dir = out_dir / "repeat_0" / "fold_0"
+    fold_dir.mkdir(parents=True)
+    os.symlink("/dev/full", fold_dir / "tmp_test_embeddings.npz")
+    out = _cli(*TINY, "--max_epochs=2", "--folds=2", f"--output_dir={out_dir}")
     assert out.returncode == faults.WRITE_FAILED, out.stderr[-3000:]
     line = _last_error(out.stderr)
     assert "No space left on device" in line
     assert "checkpoint of epoch 2 of repeat_0/fold_0 kept" in line
     assert "rerun the same command to resume" in line
     verbose = _cli(*TINY, "--max_epochs=2", "--folds=2", f"--output_dir={out_dir}",
-                   "--verbose_errors", prelude=prelude)
+                   "--verbose_errors")
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+    os.remove(fold_dir / "tmp_test_embeddings.npz")  # space again: the same command finishes
+    again = _cli(*TINY, "--max_epochs=2", "--folds=2", f"--output_dir={out_dir}")
+    assert again.returncode == 0 and (out_dir / "COMPLETE").exists(), again.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -319,3 +319,14 @@ def test_fit_on_two_replicas_equals_one_replica():
     mirrored = train(two_cpu_strategy())
     for a, b in zip(single, mirrored):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_reference_adam_config_round_trip():
+    optimizer = ccp.training.ReferenceAdam(1e-3, weight_decay=0.3, clip_norm=2.0, clip_value=1.0,
+                                           proxy_lr_multiplier=5.0)
+    copy = ccp.training.ReferenceAdam.from_config(optimizer.get_config())
+    assert copy.chain_options == {"weight_decay": 0.3, "clip_norm": 2.0, "clip_value": 1.0}
+    assert copy.proxy_lr_multiplier == 5.0
+    assert copy.weight_decay is None  # Keras' decoupled decay stays off: the chain decays
+    with pytest.raises(ValueError, match="clip_norm"):
+        ccp.training.ReferenceAdam(1e-3, global_clipnorm=1.0)

@@ -20,14 +20,13 @@ first batch, after every callback's ``on_train_begin``: after BackupAndRestore r
 resumed run's model, proxies and CCP state.)
 """
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from ccp import defaults
-from ccp import metrics as metrics_lib
 from ccp.projection import kcenter
 from ccp.training import embedding as embedding_lib
+from ccp.training import epoch as epoch_lib
 from ccp.training import health
 
 
@@ -53,27 +52,11 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         self.embedder = embedder
         self.prefix = str(prefix)
 
-    def _embed(self, dataset):
-        embeddings, labels = embedding_lib.embed_dataset(self.embedder or self.model, dataset)
-        if labels is None:
-            raise ValueError("RetrievalEvaluation needs (images, labels) batches")
-        return embeddings, labels
-
     def evaluate(self):
         """``{name: float}``: map_at_r, r_precision, precision_at_1, recall_at_<k>, ..., and
         ``embedding_spread`` (:func:`ccp.training.health.embedding_spread`, of the queries)."""
-        embeddings, labels = self._embed(self.validation_data)
-        reference = {}
-        if self.reference_data is not None:
-            reference = dict(zip(("ref_embeddings", "ref_labels"),
-                                 self._embed(self.reference_data)))
-        results = metrics_lib.retrieval_metrics(embeddings, labels, recall_at=self.recall_at,
-                                                **reference)
-        results = {k: float(v) for k, v in results.items()
-                   if isinstance(v, (int, float, np.floating, np.integer))
-                   and not isinstance(v, bool)}
-        results["embedding_spread"] = health.embedding_spread(embeddings)
-        return results
+        return epoch_lib.validation_metrics(self.embedder or self.model, self.validation_data,
+                                            None, self.recall_at, self.reference_data)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:

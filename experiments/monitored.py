@@ -7,11 +7,10 @@ monitor Recall@1 of the *test* split, which for In-shop is a query set against a
 returns: the metric named ``monitor`` (``precision_at_1`` is Recall@1), computed on
 ``validation_data`` (a dataset) or on a ``(query dataset, reference dataset)`` pair.
 """
-import numpy as np
 from absl import logging
 
 import ccp
-from ccp.training import health
+from ccp.training import epoch as epoch_lib
 
 TITLES = {"map_at_r": "MAP@R", "precision_at_1": "Recall@1"}
 
@@ -37,18 +36,8 @@ class MonitoredTrainer(ccp.training.Trainer):
         if not isinstance(dataset, tuple):
             return super().evaluate(dataset)
         query_data, reference_data = dataset
-        query, query_labels = ccp.training.embed_dataset(self.model, query_data,
-                                                         strategy=self.strategy)
-        reference, reference_labels = ccp.training.embed_dataset(self.model, reference_data,
-                                                                 strategy=self.strategy)
-        metrics = ccp.metrics.retrieval_metrics(
-            query, query_labels, ref_embeddings=reference, ref_labels=reference_labels,
-            recall_at=self.recall_at)
-        metrics = {k: float(v) for k, v in metrics.items()
-                   if isinstance(v, (int, float, np.floating, np.integer))
-                   and not isinstance(v, bool)}
-        metrics["embedding_spread"] = health.embedding_spread(query)
-        return metrics
+        return epoch_lib.validation_metrics(self.model, query_data, self.strategy,
+                                            self.recall_at, reference_data)
 
     def validate(self, validation_data, record):
         metric = super().validate(validation_data, record)

@@ -60,14 +60,29 @@ def run_epoch(step, iterator, steps_per_epoch, steps_per_execution, bar, breaks=
     return {key: value / steps_per_epoch for key, value in sums.items()}, None
 
 
-def validation_metrics(model, dataset, strategy, recall_at):
-    """Retrieval metrics of ``model`` on a finite ``(images, labels)`` dataset, the query set
-    being the reference set: dict of floats (``map_at_r``, ``r_precision``, ...), plus the
-    ``embedding_spread`` of the embeddings (``ccp.training.health``)."""
+def validation_metrics(model, dataset, strategy, recall_at, reference_dataset=None):
+    """Retrieval metrics of ``model`` on a finite ``(images, labels)`` dataset: dict of floats
+    (``map_at_r``, ``r_precision``, ...), plus the ``embedding_spread`` of the query embeddings
+    (``ccp.training.health``). The Trainer's and ``ccp.callbacks.RetrievalEvaluation``'s pass.
+
+    Args:
+      model, dataset: the embedder and the queries.
+      strategy: the ``tf.distribute.Strategy`` of the embedding pass (None: the current one).
+      recall_at: ranks of Recall@K.
+      reference_dataset: None (query set = reference set), or the reference set (a gallery).
+    """
     embeddings, labels = embedding_lib.embed_dataset(model, dataset, strategy=strategy)
     if labels is None:
         raise ValueError("validation data must yield (images, labels)")
-    results = metrics_lib.retrieval_metrics(embeddings, labels, recall_at=recall_at)
+    reference = {}
+    if reference_dataset is not None:
+        ref_embeddings, ref_labels = embedding_lib.embed_dataset(model, reference_dataset,
+                                                                 strategy=strategy)
+        if ref_labels is None:
+            raise ValueError("reference data must yield (images, labels)")
+        reference = {"ref_embeddings": ref_embeddings, "ref_labels": ref_labels}
+    results = metrics_lib.retrieval_metrics(embeddings, labels, recall_at=recall_at,
+                                            **reference)
     results = {k: float(v) for k, v in results.items()
                if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)}
     results["embedding_spread"] = health.embedding_spread(embeddings)

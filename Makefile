@@ -37,9 +37,11 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -q tests
 
 # The developer's loop: no subprocess, end-to-end or distribution test (pytest marker "slow").
+# PYTEST_ARGS passes more options, e.g. make test-fast PYTEST_ARGS=--durations=20.
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -n 2 --dist loadfile -q -m "not slow" $(NUMERICAL_TESTS) $(UNIT_TESTS)
+	$(PY) -m pytest -n 2 --dist load -q -m "not slow" $(PYTEST_ARGS) $(NUMERICAL_TESTS) \
+		$(UNIT_TESTS)
 
 # The numerical core with TensorFlow's oneDNN kernels off (make test runs TensorFlow's default,
 # on for x86 CPUs with AVX-512 / AMX): tolerances must hold for both kernel families.

@@ -410,6 +410,7 @@ def test_proxy_losses_inside_tf_function_and_mirrored_strategy():
     assert np.isfinite(float(tf.function(lambda a, b: anchor(a, b))(y, x)))
 
 
+@pytest.mark.slow  # XLA-compiles the fused C2-CCP loss for its shapes: make test, not test-fast
 def test_float16_inputs_under_mixed_precision_give_float32_loss():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -439,12 +440,10 @@ def _active_proxy_negatives(layer, x, y):
     return int(((d < layer.base_loss.neg_margin) & negative).sum())
 
 
+@pytest.mark.slow  # two XLA compilations per case (~5-20 s each): make test, not test-fast
 @pytest.mark.parametrize("term,neg_margin,jit", [
     ("loss", 0.9, False), ("pair", 0.9, False), ("proxy", 0.9, False),
-    ("loss", 0.05, False), ("proxy", 0.05, False),
-    # XLA-compiling the whole step again: several seconds each, not in make test-fast.
-    pytest.param("loss", 0.9, True, marks=pytest.mark.slow),
-    pytest.param("loss", 0.05, True, marks=pytest.mark.slow)])
+    ("loss", 0.05, False), ("proxy", 0.05, False), ("loss", 0.9, True), ("loss", 0.05, True)])
 def test_fused_c2_ccp_equals_the_composed_loss(term, neg_margin, jit):
     """The fused path (sparse positives, dense negatives only when one is active) against the
     loss composed from ``ContrastiveLoss.compute``, in both branches, also compiled by XLA."""

@@ -408,17 +408,17 @@ def test_reference_distance_weighted_draws_follow_softmax_of_the_weights():
     pos, neg = masks(y, ry)  # one positive per row (columns 0 and 1): one draw per row
     weights, _ = np_reference_dw_weights(d, neg, dim)
     probabilities = np.exp(weights) / np.exp(weights).sum(axis=1, keepdims=True)
+    # 600 copies of the two rows in one call: the same global maximum (the same values), one
+    # draw per row (one positive each), independent draws across rows.
     draws = 600
-    hits = np.zeros_like(d)
-    for s in range(draws):
-        p_mask, n_mask = miners.reference_distance_weighted(
-            tf.constant(d, tf.float32), tf.constant(pos), tf.constant(neg), float(dim),
-            tf.constant([s, 1], tf.int64))
-        n_mask = n_mask.numpy()
-        np.testing.assert_array_equal(p_mask.numpy(), pos)
-        assert not np.any(n_mask & ~neg) and np.all(n_mask.sum(axis=1) <= 1)
-        hits += n_mask
-    frequency = hits / draws
+    tiled = [np.tile(m, (draws, 1)) for m in (d, pos, neg)]
+    p_mask, n_mask = miners.reference_distance_weighted(
+        tf.constant(tiled[0], tf.float32), tf.constant(tiled[1]), tf.constant(tiled[2]),
+        float(dim), tf.constant([5, 1], tf.int64))
+    n_mask = n_mask.numpy()
+    np.testing.assert_array_equal(p_mask.numpy(), tiled[1])
+    assert not np.any(n_mask & ~tiled[2]) and np.all(n_mask.sum(axis=1) <= 1)
+    frequency = n_mask.reshape(draws, *d.shape).mean(axis=0)
     sigma = np.sqrt(probabilities * (1 - probabilities) / draws)
     # Every column is drawable (weights are logits): a negative at weight 0 (d >= 1.4) is still
     # drawn with probability exp(0) / sum exp(w); non-negatives drawn are dropped.

@@ -67,6 +67,7 @@ def test_zero_cover_starts_from_farthest_and_empty_cover_from_index_zero():
     np.testing.assert_array_equal(empty[0, 0], candidates[0, 0])
 
 
+@pytest.mark.slow  # an XLA compilation: make test, not test-fast
 def test_greedy_k_center_xla_and_tf_function():
     rng = np.random.default_rng(3)
     candidates = tf.constant(rng.normal(size=(4, 7, 3)), tf.float32)

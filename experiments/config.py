@@ -542,6 +542,12 @@ def _loss_option_problems(loss):
     if not loss.average_nonzero_only and not spec.averages_all:
         valid = ", ".join(n for n, s in registry.LOSSES.items() if s.averages_all)
         problems.append(f"--noaverage_nonzero_only works with --loss={valid}, not {loss.name}")
+    if loss.distance != D.DISTANCE and not spec.takes_distance:
+        valid = ", ".join(n for n, s in registry.LOSSES.items() if s.takes_distance)
+        problems.append(f"--distance={loss.distance} works with --loss={valid}, not {loss.name}")
+    if loss.proxy_nca_proxies_per_class != D.PROXY_NCA_PROXIES_PER_CLASS \
+            and loss.name != "proxy_nca":
+        problems.append(f"--proxy_nca_proxies_per_class needs --loss=proxy_nca, not {loss.name}")
     if loss.proxy_synthesis and not spec.synthesizable:
         valid = ", ".join(n for n, s in registry.LOSSES.items() if s.synthesizable)
         problems.append(f"--proxy_synthesis wraps --loss={valid}, not {loss.name}")

@@ -25,6 +25,7 @@ class LossSpec:
         is the fold's (for losses that draw random numbers).
       averages_all: accepts ``average_nonzero_only=False`` (the reference's mean over all terms).
       synthesizable: a proxy loss Proxy Synthesis can wrap.
+      takes_distance: built with ``--distance`` (the others have their own pdist).
     """
 
     name: str
@@ -33,6 +34,7 @@ class LossSpec:
     build: Callable
     averages_all: bool = False
     synthesizable: bool = False
+    takes_distance: bool = False
 
 
 def _losses():
@@ -122,14 +124,14 @@ def _soft_triple(cfg, num_classes, embedding_size, seed):
 
 
 LOSSES = {spec.name: spec for spec in (
-    LossSpec("contrastive", "C2", PAIR, _contrastive, averages_all=True),
+    LossSpec("contrastive", "C2", PAIR, _contrastive, averages_all=True, takes_distance=True),
     LossSpec("cosine_contrastive", "C1", PAIR, _cosine_contrastive),
-    LossSpec("triplet", "Triplet", PAIR, _triplet, averages_all=True),
+    LossSpec("triplet", "Triplet", PAIR, _triplet, averages_all=True, takes_distance=True),
     LossSpec("multi_similarity", "MS", PAIR, _multi_similarity),
-    LossSpec("margin", "Margin", PAIR, _margin, averages_all=True),
+    LossSpec("margin", "Margin", PAIR, _margin, averages_all=True, takes_distance=True),
     LossSpec("circle", "Circle", PAIR, _circle),
     LossSpec("fastap", "FastAP", PAIR, _fastap),
-    LossSpec("ranked_list", "RLL", PAIR, _ranked_list),
+    LossSpec("ranked_list", "RLL", PAIR, _ranked_list, takes_distance=True),
     LossSpec("proxy_anchor", "ProxyAnchor", PROXY, _proxy_anchor, synthesizable=True),
     LossSpec("proxy_nca", "ProxyNCA++", PROXY, _proxy_nca, synthesizable=True),
     LossSpec("soft_triple", "SoftTriple", PROXY, _soft_triple),

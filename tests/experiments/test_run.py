@@ -106,6 +106,13 @@ def test_reference_head_flags_build_their_switches(tmp_path):
         _parse(extra=["--loss=proxy_nca", "--proxy_nca_proxies_per_class=0"])
     with pytest.raises(config_lib.ConfigError, match="--normalization='unit' is not one of"):
         config_lib.validate(config_lib.ExperimentConfig().replace(normalization="unit"))
+    # A switch the chosen loss would ignore is refused, naming the losses that take it.
+    with pytest.raises(config_lib.ConfigError, match="--distance=cosine works with "
+                                                     "--loss=contrastive, triplet, margin"):
+        _parse(extra=["--loss=multi_similarity", "--distance=cosine"])
+    with pytest.raises(config_lib.ConfigError, match="--proxy_nca_proxies_per_class needs "
+                                                     "--loss=proxy_nca, not contrastive"):
+        _parse(extra=["--proxy_nca_proxies_per_class=2"])
 
 
 def test_paper_hyperparameters_per_dataset(tmp_path):

@@ -279,6 +279,11 @@ def test_wrappers_take_the_wrapped_losses_normalization():
                              losses.TripletLoss()], [1.0, 1.0])
     with pytest.raises(ValueError, match=r"normalization must be one of \['l2', 'lipschitz'\]"):
         losses.TripletLoss(normalization="unit")
+    for layer in (losses.CCPLoss(losses.ContrastiveLoss(normalization="l2"), 4, 5),
+                  losses.CrossBatchMemory(losses.TripletLoss(normalization="l2"), 5, 16),
+                  losses.ProxySynthesisLoss(losses.ProxyNCALoss(4, 5, normalization="l2"))):
+        kwargs = {"mix_rate": 0.4} if isinstance(layer, losses.ProxySynthesisLoss) else {}
+        assert_config_round_trip(layer, seed=49, **kwargs)
 
 
 def test_proxy_synthesis_mixtures_use_the_base_normalization():

@@ -2,7 +2,7 @@
 from ccp.losses.base import MetricLoss, PairLoss, mean_of_positive_terms
 from ccp.losses.ccp import CCPLoss
 from ccp.losses.circle import CircleLoss
-from ccp.losses.distances import Distance, EuclideanDistance, SNRDistance
+from ccp.losses.distances import CosineDistance, Distance, EuclideanDistance, SNRDistance
 from ccp.losses.fastap import FastAPLoss
 from ccp.losses.pair import (ContrastiveLoss, CosineContrastiveLoss, MarginLoss,
                              MultiSimilarityLoss, TripletLoss)
@@ -27,4 +27,6 @@ __all__ = [
     "MultiLevelDistanceRegularization", "NormalizedSoftmaxLoss", "ProxyPairLoss",
     "ProxySynthesisLoss", "SquaredEuclideanDistance", "VirtualSoftmaxLoss", "WeightedLoss",
     "miners",
+    # The last computation-head switches of the reference (issue 23, SPEC §4c).
+    "CosineDistance",
 ]

@@ -74,3 +74,15 @@ def assert_config_round_trip(layer, seed, **call_kwargs):
     x, y = batch(4, 2, 5, seed=seed)
     assert float(clone(y, x, **call_kwargs)) == pytest.approx(
         float(layer(y, x, **call_kwargs)), rel=1e-6)
+
+
+def np_hard_negatives(pdist, pos, neg):
+    """Per row the k smallest-pdist negatives (ties at the k-th kept), k = max #positives."""
+    k = max(1, int(pos.sum(axis=1).max()))
+    keep = np.zeros_like(neg)
+    for i in range(pdist.shape[0]):
+        values = sorted(pdist[i, j] for j in range(pdist.shape[1]) if neg[i, j])
+        threshold = values[k - 1] if len(values) >= k else np.inf
+        for j in range(pdist.shape[1]):
+            keep[i, j] = neg[i, j] and pdist[i, j] <= threshold
+    return keep

@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from ccp import defaults, losses
 from ccp.losses import miners
-from tests.ccp.loss_testing import assert_config_round_trip, batch, lip, numeric_grad
+from tests.ccp.loss_testing import (assert_config_round_trip, batch, lip, np_hard_negatives,
+                                    numeric_grad)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -105,17 +106,6 @@ def ref_ms(x, y, r=None, ry=None, alpha=2.0, beta=40.0, base=0.5, keep=None):
                 neg_sum += np.exp(beta * (s - base))
         total += np.log1p(pos_sum) / alpha + np.log1p(neg_sum) / beta
     return total / len(x)
-
-
-def np_hard_negatives(d, pos, neg):
-    k = max(1, int(pos.sum(axis=1).max()))
-    keep = np.zeros_like(neg)
-    for i in range(d.shape[0]):
-        negatives = sorted(d[i, j] for j in range(d.shape[1]) if neg[i, j])
-        threshold = negatives[k - 1] if len(negatives) >= k else np.inf
-        for j in range(d.shape[1]):
-            keep[i, j] = neg[i, j] and d[i, j] <= threshold
-    return pos, keep
 
 
 def np_ms_mining(s, pos, neg, eps):
@@ -413,7 +403,7 @@ def test_hard_negative_and_multi_similarity_mining_match_numpy():
     y, ry = np.array([0, 0, 1, 1, 1, 2, 3]), rng.integers(0, 4, size=9)
     pos, neg = masks_of(y, ry, 7, 9)
     got = miners.hard_negatives(tf.constant(d), tf.constant(pos), tf.constant(neg))
-    for g, e in zip(got, np_hard_negatives(d, pos, neg)):
+    for g, e in zip(got, (pos, np_hard_negatives(d, pos, neg))):
         np.testing.assert_array_equal(g.numpy(), e)
     s = rng.uniform(-1, 1, size=(7, 9))
     got = miners.multi_similarity(tf.constant(s), tf.constant(pos), tf.constant(neg), 0.1)
@@ -472,7 +462,7 @@ def test_pair_losses_with_a_miner_values_and_gradients(miner, loss):
     pos, neg = masks_of(y, None, len(y), len(y))
     if miner == "hard_negatives":  # ranked by the loss's own pdist: -x.y for MS (SPEC §4c)
         pdist = -(v0 @ v0.T) if loss == "ms" else np_distance_matrix(v0)
-        keep = np_hard_negatives(pdist, pos, neg)
+        keep = pos, np_hard_negatives(pdist, pos, neg)
     else:
         keep = np_ms_mining(v0 @ v0.T, pos, neg, 0.1)
     value, (gx,) = value_and_grads(lambda v: layer(y, v), x)
@@ -498,9 +488,9 @@ def test_miner_inside_ccp_mines_both_terms_and_leaves_the_fused_path():
     def reference(raw, p):
         v = lip(raw)
         pos, neg = masks_of(y, None, len(y), len(y))
-        keep = np_hard_negatives(np_distance_matrix(lip(x)), pos, neg)
+        keep = pos, np_hard_negatives(np_distance_matrix(lip(x)), pos, neg)
         ppos, pneg = masks_of(y, wy, len(y), len(wy))
-        pkeep = np_hard_negatives(np_distance_matrix(lip(x), w), ppos, pneg)
+        pkeep = ppos, np_hard_negatives(np_distance_matrix(lip(x), w), ppos, pneg)
         return (0.1 * ref_c2(v, y, nm=0.9, keep=keep)
                 + ref_c2(v, y, lip(p), wy, nm=0.9, keep=pkeep))
 

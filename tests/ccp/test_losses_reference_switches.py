@@ -25,7 +25,8 @@ import tensorflow as tf
 
 from ccp import layers, losses
 from ccp.losses import miners
-from tests.ccp.loss_testing import assert_config_round_trip, batch, lip, numeric_grad
+from tests.ccp.loss_testing import (assert_config_round_trip, batch, lip, np_hard_negatives,
+                                    numeric_grad)
 
 VALUE_RTOL = 2e-5
 GRAD_TOL = dict(rtol=3e-3, atol=1e-4)
@@ -116,18 +117,6 @@ def ref_nca(x, y, w, wy, temperature):
         own = sum(e[p] for p in range(len(w)) if wy[p] == y[i]) / e.sum()
         total += -np.log(1e-16 + own)
     return total / len(x)
-
-
-def np_hard_negatives(pdist, pos, neg):
-    """Per row the k smallest-pdist negatives (ties at the k-th kept), k = max #positives."""
-    k = max(1, int(pos.sum(axis=1).max()))
-    keep = np.zeros_like(neg)
-    for i in range(pdist.shape[0]):
-        values = sorted(pdist[i, j] for j in range(pdist.shape[1]) if neg[i, j])
-        threshold = values[k - 1] if len(values) >= k else np.inf
-        for j in range(pdist.shape[1]):
-            keep[i, j] = neg[i, j] and pdist[i, j] <= threshold
-    return keep
 
 
 def value_and_grads(fn, x, variables=()):

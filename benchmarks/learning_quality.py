@@ -323,10 +323,11 @@ def sweep_row(k, results, wall, cpu, run_dir, repeats):
 # chosen on validation, validation MAP@R driving the CCP schedule (patience 3 epochs).
 PRETRAINED = ("--weights=symbols_pretrained", "--ccp_patience=3")
 KNOBS = {  # C2-CCP variants at C2-CCP's chosen learning rate (the flagfile: K 4, b 8, 2e-4)
-    "K=1": ("--ccp_proxies_per_class=1",), "K=8, b=16": ("--ccp_proxies_per_class=8",
-                                                          "--ccp_pool_size=16"),
+    "K=1": ("--ccp_proxies_per_class=1",), "K=2": ("--ccp_proxies_per_class=2",),
+    "K=8, b=16": ("--ccp_proxies_per_class=8", "--ccp_pool_size=16"),
+    "pool b=16": ("--ccp_pool_size=16",),
     "lambda=0": ("--ccp_lambda=0",), "lambda=2e-3 (10x)": ("--ccp_lambda=2e-3",),
-    "pair weight 1": ("--ccp_pair_weight=1",),
+    "pair weight 0": ("--ccp_pair_weight=0",), "pair weight 1": ("--ccp_pair_weight=1",),
     "CCP patience 1": ("--ccp_patience=1",),
     # not the paper's CCP (no multiplier there): lets the proxies move between projections
     "proxy lr x100": ("--proxy_lr_multiplier=100",),

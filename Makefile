@@ -34,7 +34,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -n 2 --dist loadfile -q tests
+	$(PY) -m pytest -n 2 --dist loadfile -q --durations=12 tests
 
 # The developer's loop: no subprocess, end-to-end or distribution test (pytest marker "slow").
 # PYTEST_ARGS passes more options, e.g. make test-fast PYTEST_ARGS=--durations=20.

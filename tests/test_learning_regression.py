@@ -40,13 +40,8 @@ sampler breakages (<= 1.22 %) and the healthy seeds (>= 3.43 %), a point from ea
 (Measured with the numpy sampler; with the in-graph sampler, the default since 2026-12, the same
 run passes both checks on an AMD EPYC AVX-512 machine.)
 
-The paper's regime (issue "Where CCP helps"), a second run: small_cnn pretrained as a
-classifier on `symbols` (data_pipelines/symbols.py: 762 classes disjoint from glyphs; a shorter
-recipe than ``--weights=symbols_pretrained``'s), saved to a file and passed as
-``--weights=PATH`` (BatchNorm frozen), then fine-tuned with C2-CCP for 120 steps with one
-projection. 3. the pretraining learns its classes (held-out accuracy far above chance); 4. the
-pretrained model unchanged already separates glyphs (MAP@R > 5 %: a backbone that did not load
-gives ~1 %), and fine-tuning beats it by ``PRETRAINED_MIN_GAIN``.
+The paper's regime (a pretrained backbone, fine-tuned) has its own test:
+``tests/test_learning_regression_pretrained.py``.
 """
 import json
 import os
@@ -70,10 +65,6 @@ PROJECTION_EPOCH = PROJECTION_STEP // STEPS_PER_EPOCH  # its checkpoint: "ckpt-2
 # batches); a class's distinct picks >= 0.06 apart; misplaced proxies of the broken projections
 # >= 0.029 from every own-class image.
 SAME_POINT = 1e-4
-# Fine-tuned (C2-CCP, 120 steps, one projection) minus the same pretrained model unchanged: measured
-# 0.117 vs 0.072 (seed 0, AMD EPYC AVX-512, 2026-12-06); a backbone whose weights did not load
-# fails the 0.05 floor of the unchanged model (untrained: 0.010).
-PRETRAINED_MIN_GAIN = 0.02
 RUN_FLAGS = (
     "--dataset=glyphs", "--backbone=small_cnn", "--weights=none", "--image_size=32",
     f"--embedding_size={EMBEDDING_SIZE}", "--min_crop_area=0.6", "--noflip",
@@ -191,62 +182,3 @@ def test_mid_run_projection_picks_proxies_among_each_class_training_images(glyph
     within[:, np.arange(PROXIES_PER_CLASS), np.arange(PROXIES_PER_CLASS)] = np.inf
     assert within.min() > SAME_POINT, f"a class's projected proxies share an image: {within.min()}"
 
-
-# --- The paper's regime: fine-tuning a backbone pretrained on classes the benchmark never shows.
-# A shorter pretraining than --weights=symbols_pretrained's (experiments/pretraining.py RECIPE:
-# 1,500 steps at 2e-3, held-out accuracy 80 %): 400 steps at 6e-3, so that the suite pays
-# ~40 s for it; the run then starts
-# from the saved file (--weights=PATH, the user's-checkpoint path), BatchNorm frozen.
-PRETRAIN_STEPS, PRETRAIN_LEARNING_RATE = 400, 6e-3
-FINE_TUNE_FLAGS = tuple(
-    flag for flag in RUN_FLAGS if not flag.startswith(("--weights=", "--learning_rate=",
-                                                       "--ccp_projection_every_steps=",
-                                                       "--steps_per_epoch="))
-) + ("--learning_rate=1e-3", "--steps_per_epoch=40", "--ccp_projection_every_steps=60")
-
-
-@pytest.fixture(scope="module")
-def pretrained_backbone(tmp_path_factory):
-    """(weight file of a small_cnn pretrained on `symbols`, the pretraining record)."""
-    import dataclasses
-
-    from experiments import pretraining
-
-    recipe = dataclasses.replace(pretraining.RECIPE, steps=PRETRAIN_STEPS,
-                                 learning_rate=PRETRAIN_LEARNING_RATE)
-    backbone, record = pretraining.pretrain(recipe, log=lambda message: None)
-    path = str(tmp_path_factory.mktemp("pretrained") / "small_cnn_symbols.weights.h5")
-    backbone.save_weights(path)
-    return path, record
-
-
-def test_pretraining_on_symbols_learns_its_classes(pretrained_backbone):
-    _, record = pretrained_backbone
-    # 762 classes: chance 0.13 %; measured 27.4 % after these 400 steps (AMD EPYC, 2026-12-06),
-    # 0.45 % after 300 steps at 2e-3 (too short to leave chance)
-    assert record["classes"] > 500 and record["held_out_accuracy"] > 0.1, record
-
-
-def test_fine_tuning_the_pretrained_backbone_beats_it_unchanged(pretrained_backbone, glyphs,
-                                                               tmp_path):
-    import keras
-
-    import ccp
-
-    path, _ = pretrained_backbone
-    output_dir = str(tmp_path / "run")
-    completed = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "experiments", "run.py"), *FINE_TUNE_FLAGS,
-         f"--weights={path}", f"--output_dir={output_dir}"],
-        cwd=ROOT, capture_output=True, text=True)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    with open(os.path.join(output_dir, "results.json")) as handle:
-        tuned = json.load(handle)["average"]["map_at_r"]["mean"]
-    keras.utils.set_random_seed(SEED)
-    unchanged = ccp.models.build_embedding_model(backbone="small_cnn",
-                                                 embedding_size=EMBEDDING_SIZE, image_size=32,
-                                                 weights=path)
-    before = ccp.metrics.retrieval_metrics(embed(unchanged, glyphs.test),
-                                           glyphs.test.labels)["map_at_r"]
-    assert before > 0.05, before  # the pretrained features already separate glyphs (untrained 1 %)
-    assert tuned > before + PRETRAINED_MIN_GAIN, (tuned, before)

@@ -343,6 +343,11 @@ def _budget():
     return (f"--max_epochs={epochs}", f"--patience={epochs}")
 
 
+def _seconds(value):
+    """'-' for a time not measured by this invocation (a run read back from its folder)."""
+    return "-" if np.isnan(value) else f"{value:.0f}"
+
+
 def _slug(text):
     return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
 
@@ -581,7 +586,7 @@ def pretrained_study(out):
             radius_vs_map.append((radius, test))
             print(f"| {name} | {test:.2f} | {radius:.3f} | "
                   f"{100 * initial_accuracy(run_dir):.1f} -> {100 * accuracy:.1f} % | "
-                  f"{projections(run_dir)} | {cpu.get(run_dir, float('nan')):.0f} |")
+                  f"{projections(run_dir)} | {_seconds(cpu.get(run_dir, float('nan')))} |")
         radii, maps = np.array(radius_vs_map).T
         rho = scipy.stats.spearmanr(radii, maps)
         print(f"\nSpearman rank correlation over these {len(radii)} runs, covering radius vs "

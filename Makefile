@@ -22,7 +22,9 @@ NUMERICAL_TESTS := tests/ccp/test_ops.py tests/ccp/test_layers.py tests/ccp/test
 UNIT_TESTS := tests/experiments/test_config.py tests/experiments/test_run.py \
 	tests/experiments/test_report.py tests/data_pipelines/test_samplers.py \
 	tests/data_pipelines/test_folds.py tests/data_pipelines/test_augment.py \
-	tests/data_pipelines/test_images.py tests/ccp/test_toolbox_optimizers.py
+	tests/data_pipelines/test_images.py tests/ccp/test_toolbox_optimizers.py \
+	tests/experiments/test_pretraining.py tests/data_pipelines/test_annotation_faults.py \
+	tests/ccp/test_keras_compat.py
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

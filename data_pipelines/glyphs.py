@@ -341,7 +341,9 @@ def default_cache_dir():
     return os.path.join(root, "glyphs")
 
 
-def _rasterizer_fingerprint(paths):
+def rasterizer_fingerprint(paths):
+    """What a rendering depends on besides its parameters: this module's VERSION, the font
+    files (names and sizes), Pillow's and FreeType's versions (a JSON-able dict)."""
     import PIL
     from PIL import features
 
@@ -350,19 +352,21 @@ def _rasterizer_fingerprint(paths):
             "pillow": PIL.__version__, "freetype": features.version("freetype2")}
 
 
-def _digest(payload):
+def digest(payload):
+    """16 hex digits of the SHA-256 of a JSON-able payload (a cache file name)."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cache_key(image_size, samples_per_face, seed, split_seed, paths=None):
     """Hex digest naming the cached rendering of these parameters (fonts and rasterizer too)."""
     paths = face_paths() if paths is None else paths
-    return _digest({**_rasterizer_fingerprint(paths), "image_size": int(image_size),
-                    "samples_per_face": int(samples_per_face), "seed": int(seed),
-                    "split_seed": int(split_seed)})
+    return digest({**rasterizer_fingerprint(paths), "image_size": int(image_size),
+                   "samples_per_face": int(samples_per_face), "seed": int(seed),
+                   "split_seed": int(split_seed)})
 
 
-def _atomic_write(path, write):
+def atomic_write(path, write):
+    """``write(tmp)`` then an atomic rename to ``path`` (creates the folder)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     write(tmp)
@@ -372,7 +376,7 @@ def _atomic_write(path, write):
 def cached_class_table(split_seed=0, cache_dir=None):
     """:func:`class_table`, cached as JSON next to the renderings (it is the slow part)."""
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-    key = _digest({**_rasterizer_fingerprint(face_paths()), "split_seed": int(split_seed),
+    key = digest({**rasterizer_fingerprint(face_paths()), "split_seed": int(split_seed),
                    "merge": [MERGE_SIZE, SAME_TOLERANCE, MERGE_MIN_FACES]})
     path = os.path.join(cache_dir, f"classes_{key}.json")
     if os.path.exists(path):
@@ -385,7 +389,7 @@ def cached_class_table(split_seed=0, cache_dir=None):
         with open(tmp, "w") as handle:
             json.dump([dataclasses.asdict(c) for c in table], handle)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return table
 
 
@@ -413,7 +417,7 @@ def glyph_images(image_size=32, samples_per_face=1, seed=0, split_seed=0, cache_
         with open(tmp, "wb") as handle:
             np.savez(handle, images=images, labels=labels)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     logging.info("glyphs: rendered %d images of %d classes to %s", len(labels), len(table), path)
     return images, labels, table
 

@@ -139,15 +139,16 @@ def _cache_dir(cache_dir):
     return os.path.join(root, "symbols")
 
 
-def _fingerprint():
-    return {**glyphs._rasterizer_fingerprint(face_paths()), "symbols_version": VERSION,
+def fingerprint():
+    """What the class table and renderings depend on (fonts, rasterizer, the rules)."""
+    return {**glyphs.rasterizer_fingerprint(face_paths()), "symbols_version": VERSION,
             "rules": [DISJOINT_TOLERANCE, MERGE_MIN_FACES, glyphs.MERGE_SIZE,
                       glyphs.SAME_TOLERANCE]}
 
 
 def cached_class_table(cache_dir=None):
     """:func:`class_table`, cached as JSON (it is the slow part: about a minute)."""
-    path = os.path.join(_cache_dir(cache_dir), f"classes_{glyphs._digest(_fingerprint())}.json")
+    path = os.path.join(_cache_dir(cache_dir), f"classes_{glyphs.digest(fingerprint())}.json")
     if os.path.exists(path):
         with open(path) as handle:
             return [glyphs.GlyphClass(c["label"], c["representative"], tuple(c["members"]))
@@ -158,7 +159,7 @@ def cached_class_table(cache_dir=None):
         with open(tmp, "w") as handle:
             json.dump([dataclasses.asdict(c) for c in table], handle)
 
-    glyphs._atomic_write(path, write)
+    glyphs.atomic_write(path, write)
     return table
 
 
@@ -193,7 +194,7 @@ def load(image_size=32, samples_per_face=2, seed=0, cache_dir=None):
         raise ValueError(
             f"symbols: samples_per_face must be an integer >= 1, got {samples_per_face!r}")
     table = cached_class_table(cache_dir)
-    key = glyphs._digest({**_fingerprint(), "image_size": int(image_size),
+    key = glyphs.digest({**fingerprint(), "image_size": int(image_size),
                           "samples_per_face": int(samples_per_face), "seed": int(seed)})
     path = os.path.join(_cache_dir(cache_dir), f"symbols_{key}.npz")
     if os.path.exists(path):
@@ -207,7 +208,7 @@ def load(image_size=32, samples_per_face=2, seed=0, cache_dir=None):
             with open(tmp, "wb") as handle:
                 np.savez(handle, images=gray, labels=labels)
 
-        glyphs._atomic_write(path, write)
+        glyphs.atomic_write(path, write)
         logging.info("symbols: rendered %d images of %d classes to %s", len(labels),
                      len(table), path)
     return SymbolImages(np.repeat(gray[..., None], 3, axis=-1), labels, table)

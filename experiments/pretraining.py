@@ -65,8 +65,8 @@ def _key(recipe):
     import tensorflow as tf
     from data_pipelines import glyphs, symbols
 
-    return glyphs._digest({"recipe": dataclasses.asdict(recipe),
-                           "symbols": symbols._fingerprint(),
+    return glyphs.digest({"recipe": dataclasses.asdict(recipe),
+                           "symbols": symbols.fingerprint(),
                            "widths": list(small_cnn.DEFAULT_WIDTHS),
                            "tensorflow": tf.__version__, "keras": keras.__version__})
 

@@ -55,6 +55,16 @@ def tf_value_and_grads(layer, labels, x, extra=()):
     return float(value), [None if g is None else np.asarray(g) for g in grads]
 
 
+def value_and_grads(fn, x, variables=()):
+    """``fn(x)`` and its gradients w.r.t. x and ``variables`` (numpy; fn takes a tensor)."""
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        value = fn(xt)
+    grads = tape.gradient(value, [xt, *variables])
+    return float(value), [np.asarray(g) for g in grads]
+
+
 def assert_config_round_trip(layer, seed, **call_kwargs):
     """``layer`` survives ``keras.layers.serialize``/``deserialize``: same type, same config
     (name aside), and, with its weights copied over, the same loss on a seeded batch."""

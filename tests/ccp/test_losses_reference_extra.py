@@ -12,19 +12,10 @@ import tensorflow as tf
 from ccp import defaults, losses
 from ccp.losses import miners
 from tests.ccp.loss_testing import (assert_config_round_trip, batch, lip, np_hard_negatives,
-                                    numeric_grad)
+                                    numeric_grad, value_and_grads)
 
 
 # ----------------------------------------------------------------------------- helpers
-def value_and_grads(fn, x, variables=()):
-    xt = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(xt)
-        value = fn(xt)
-    grads = tape.gradient(value, [xt, *variables])
-    return float(value), [np.asarray(g) for g in grads]
-
-
 def pairs(y, ry=None):
     """(i, j, same label?) for every pair anchor i forms (no self pair within one set)."""
     ref = y if ry is None else ry

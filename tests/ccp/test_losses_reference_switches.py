@@ -26,7 +26,7 @@ import tensorflow as tf
 from ccp import layers, losses
 from ccp.losses import miners
 from tests.ccp.loss_testing import (assert_config_round_trip, batch, lip, np_hard_negatives,
-                                    numeric_grad)
+                                    numeric_grad, value_and_grads)
 
 VALUE_RTOL = 2e-5
 GRAD_TOL = dict(rtol=3e-3, atol=1e-4)
@@ -117,15 +117,6 @@ def ref_nca(x, y, w, wy, temperature):
         own = sum(e[p] for p in range(len(w)) if wy[p] == y[i]) / e.sum()
         total += -np.log(1e-16 + own)
     return total / len(x)
-
-
-def value_and_grads(fn, x, variables=()):
-    xt = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(xt)
-        value = fn(xt)
-    grads = tape.gradient(value, [xt, *variables])
-    return float(value), [np.asarray(g) for g in grads]
 
 
 def short_rows_batch(seed):

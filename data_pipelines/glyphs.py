@@ -159,7 +159,7 @@ def face_distances(canonical):
     """
     from scipy.spatial.distance import cdist
 
-    flat, ink = _flat_and_ink(canonical)
+    flat, ink = flat_and_ink(canonical)
     out = np.empty((flat.shape[1], flat.shape[0], flat.shape[0]), np.float32)
     for f in range(flat.shape[1]):
         l1 = cdist(flat[:, f], flat[:, f], metric="cityblock")
@@ -167,7 +167,8 @@ def face_distances(canonical):
     return out
 
 
-def _flat_and_ink(canonical):
+def flat_and_ink(canonical):
+    """float64 renderings flattened to [N, F, H*W] and their ink [N, F] (floored at 1e-6)."""
     canonical = np.asarray(canonical, np.float64)
     flat = canonical.reshape(canonical.shape[0], canonical.shape[1], -1)  # [N, F, H*W]
     return flat, np.maximum(flat.sum(-1), 1e-6)  # ink [N, F]
@@ -183,7 +184,7 @@ def same_face_counts(canonical, tolerance=SAME_TOLERANCE):
     Args:
       canonical: float [N, F, H, W] renderings in [0, 1].
     """
-    flat, ink = _flat_and_ink(canonical)
+    flat, ink = flat_and_ink(canonical)
     num, faces = ink.shape
     counts = np.zeros((num, num), np.int64)
     for f in range(faces):
@@ -336,9 +337,13 @@ def render_samples(table, image_size=32, samples_per_face=1, seed=0, paths=None)
     return images, labels
 
 
+def cache_root():
+    """``$CCP_CACHE_DIR`` or ``~/.cache/ccp``: the folder of every rendered / pretrained cache."""
+    return os.environ.get("CCP_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "ccp")
+
+
 def default_cache_dir():
-    root = os.environ.get("CCP_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "ccp")
-    return os.path.join(root, "glyphs")
+    return os.path.join(cache_root(), "glyphs")
 
 
 def rasterizer_fingerprint(paths):

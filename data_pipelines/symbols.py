@@ -95,13 +95,10 @@ def nearest_benchmark_distance(symbol_canonical, benchmark_canonical):
     """
     from scipy.spatial.distance import cdist
 
-    s = np.asarray(symbol_canonical, np.float64)
-    b = np.asarray(benchmark_canonical, np.float64)
-    s_flat, b_flat = s.reshape(*s.shape[:2], -1), b.reshape(*b.shape[:2], -1)
-    s_ink = np.maximum(s_flat.sum(-1), 1e-6)
-    b_ink = np.maximum(b_flat.sum(-1), 1e-6)
-    out = np.empty(s.shape[:2])
-    for f in range(s.shape[1]):
+    s_flat, s_ink = glyphs.flat_and_ink(symbol_canonical)
+    b_flat, b_ink = glyphs.flat_and_ink(benchmark_canonical)
+    out = np.empty(s_ink.shape)
+    for f in range(s_ink.shape[1]):
         l1 = cdist(s_flat[:, f], b_flat[:, f], metric="cityblock")
         out[:, f] = (l1 / np.minimum(s_ink[:, None, f], b_ink[None, :, f])).min(axis=1)
     return out
@@ -135,8 +132,7 @@ def class_table(paths=None):
 def _cache_dir(cache_dir):
     if cache_dir is not None:
         return cache_dir
-    root = os.environ.get("CCP_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "ccp")
-    return os.path.join(root, "symbols")
+    return os.path.join(glyphs.cache_root(), "symbols")
 
 
 def fingerprint():

@@ -56,8 +56,9 @@ RECIPE = Recipe()
 
 
 def cache_dir():
-    root = os.environ.get("CCP_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "ccp")
-    return os.path.join(root, "pretrained")
+    from data_pipelines import glyphs
+
+    return os.path.join(glyphs.cache_root(), "pretrained")
 
 
 def _key(recipe):

@@ -141,6 +141,8 @@ def pretrained_weights(recipe=RECIPE, log=print):
     Returns:
       str path of a small_cnn ``.weights.h5`` (load with ``weights=path``).
     """
+    from data_pipelines import glyphs
+
     weights_path, record_path = paths(recipe)
     if os.path.exists(weights_path) and os.path.exists(record_path):
         return weights_path
@@ -153,9 +155,11 @@ def pretrained_weights(recipe=RECIPE, log=print):
             tmp = f"{weights_path}.{os.getpid()}.tmp.weights.h5"
             backbone.save_weights(tmp)
             os.replace(tmp, weights_path)
-            with open(record_path + ".tmp", "w") as handle:
-                json.dump(record, handle, indent=1)
-            os.replace(record_path + ".tmp", record_path)
+            def write_record(tmp):
+                with open(tmp, "w") as handle:
+                    json.dump(record, handle, indent=1)
+
+            glyphs.atomic_write(record_path, write_record)  # last: the cache is complete
     return weights_path
 
 
